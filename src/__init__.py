@@ -1,0 +1,1 @@
+"""Lightning + Hydra experiments for the deep-learning primer."""

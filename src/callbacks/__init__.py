@@ -1,0 +1,6 @@
+"""Lightning callbacks that report what a run learned."""
+
+from src.callbacks.epoch_table import EpochTable
+from src.callbacks.truth_table import TruthTable
+
+__all__ = ["EpochTable", "TruthTable"]

@@ -1,0 +1,52 @@
+"""The primer's end-of-run table: one row per epoch with loss and accuracies."""
+
+import math
+
+import lightning as L
+
+COLUMNS = (
+    ("train/loss", "loss"),
+    ("train/acc", "train acc"),
+    ("val/loss", "val loss"),
+    ("val/acc", "val acc"),
+)
+
+
+class EpochTable(L.Callback):
+    """Records the epoch-level metrics every `every_n_epochs` epochs and formats them as a table."""
+
+    def __init__(self, every_n_epochs: int = 1):
+        self.every_n_epochs = every_n_epochs
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs and not trainer.should_stop:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": epoch}
+        row.update({key: float(metrics[key]) for key, _ in COLUMNS if key in metrics})
+        self.rows.append(row)
+
+    def render(self, test: dict[str, float]) -> str:
+        """The table as text, with the test metrics underneath."""
+        header = ["epoch"] + [title for _, title in COLUMNS]
+        lines = ["  ".join(f"{h:>9}" for h in header)]
+        for row in self.rows:
+            cells = [f"{row['epoch']:>9}"] + [
+                f"{format_metric(key, row.get(key)):>9}" for key, _ in COLUMNS
+            ]
+            lines.append("  ".join(cells))
+        for key in ("test/loss", "test/acc"):
+            if key in test:
+                lines.append(f"{key}: {format_metric(key, test[key])}")
+        return "\n".join(lines)
+
+
+def format_metric(key: str, value: float | None) -> str:
+    """Accuracies as percentages, losses with four decimals, missing values as '-'."""
+    if value is None:
+        return "-"
+    if key.endswith("acc") and math.isfinite(value):
+        return f"{100 * value:.2f} %"
+    return f"{value:.4f}"

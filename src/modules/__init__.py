@@ -1,0 +1,7 @@
+"""LightningModules: a network paired with its loss, metrics and optimizer."""
+
+from src.modules.digits import DigitModule
+from src.modules.gates import GateModule
+from src.modules.supervised import Diverged
+
+__all__ = ["DigitModule", "Diverged", "GateModule"]

@@ -1,0 +1,184 @@
+"""End-to-end runs of `python -m src.train` in subprocesses, read back from the files they leave."""
+
+import subprocess
+import sys
+from subprocess import PIPE
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch import nn
+
+from tests.conftest import REPO, read_metrics, run_train
+
+TINY = ("data.val_size=100", "trainer.log_every_n_steps=1")
+
+
+def load_events(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
+def read_hparams(events) -> tuple[dict, list[str]]:
+    """The run's hyperparameters and metric tags, as TensorBoard's HPARAMS tab reads them."""
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    params = {}
+    for key, value in start.session_start_info.hparams.items():
+        params[key] = getattr(value, value.WhichOneof("kind"))
+    metrics = [info.name.tag for info in experiment.experiment.metric_infos]
+    return params, metrics
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tiny_mnist, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("mnist_run")
+    proc = run_train(
+        "+experiment=mnist_sgd",
+        f"data.data_dir={tiny_mnist}",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        *TINY,
+    )
+    return run_dir, proc
+
+
+def test_mnist_run_records_metrics_and_files(mnist_run):
+    run_dir, proc = mnist_run
+    metrics = read_metrics(run_dir)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"):
+        assert 0 <= metrics[key] < 10, key
+    for key in ("train/acc", "val/acc", "test/acc"):
+        assert metrics[key] <= 1
+    assert metrics["status"] == "completed"
+    assert (metrics["seed"], metrics["epochs"], metrics["steps"]) == (42, 2, 2 * 8)
+    assert 0 < metrics["fit_seconds"] < 300
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))) == 1
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "results:" in (run_dir / "train.log").read_text()
+    # The primer-style table and the run directory are the last things printed.
+    assert f"run directory: {run_dir}" in proc.stdout
+    assert "epoch       loss  train acc   val loss    val acc" in proc.stdout
+    assert f"test/acc: {100 * metrics['test/acc']:.2f} %" in proc.stdout
+
+
+def test_tensorboard_reads_back_every_curve(mnist_run):
+    run_dir, _ = mnist_run
+    events = load_events(run_dir)
+    counts = {tag: len(events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+    steps, epochs = 16, 2  # 500 training images in batches of 64, two epochs
+    assert counts["train/loss_step"] == counts["train/acc_step"] == steps
+    assert counts["train/loss_epoch"] == counts["train/acc_epoch"] == epochs
+    assert counts["val/loss"] == counts["val/acc"] == epochs
+    assert counts["test/loss"] == counts["test/acc"] == 1
+    assert "hp_metric" not in counts
+    metrics = read_metrics(run_dir)
+    assert events.Scalars("val/acc")[-1].value == pytest.approx(metrics["val/acc"])
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(metrics["test/acc"])
+
+
+def test_hparams_carry_the_config_and_real_final_metrics(mnist_run):
+    run_dir, _ = mnist_run
+    events = load_events(run_dir)
+    params, metric_tags = read_hparams(events)
+    assert params["optimizer.lr"] == pytest.approx(0.01)
+    assert params["data.batch_size"] == 64
+    assert params["model.activation"] == "relu"
+    assert set(metric_tags) == {
+        "train/loss_epoch",
+        "train/acc_epoch",
+        "val/loss",
+        "val/acc",
+        "test/loss",
+        "test/acc",
+    }
+    metrics = read_metrics(run_dir)
+    for tag in metric_tags:  # the HPARAMS tab shows the last value of each of these curves
+        key = tag.removesuffix("_epoch")
+        assert events.Scalars(tag)[-1].value == pytest.approx(metrics[key]), tag
+
+
+def test_runs_started_together_get_their_own_directories(tmp_path):
+    cmd = [sys.executable, "-m", "src.train", "+experiment=nand", "trainer.max_steps=20"]
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=PIPE)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    run_dirs = sorted((tmp_path / "outputs" / "runs").glob("*/*_nand_*"))
+    assert len(run_dirs) == 2
+    assert all(read_metrics(d)["steps"] == 20 for d in run_dirs)
+
+
+def plain_nand(seed: int, steps: int = 4000) -> nn.Sequential:
+    """The primer's NAND training as a plain PyTorch loop."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1), nn.Sigmoid())
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([[1.0], [1.0], [1.0], [0.0]])
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return net
+
+
+def test_nand_learns_its_table_and_matches_a_plain_loop(tmp_path):
+    run_train("+experiment=nand", "seed=7", f"hydra.run.dir={tmp_path}")
+    metrics = read_metrics(tmp_path)
+    assert metrics["steps"] == 4000
+    assert metrics["test/acc"] == 1.0  # every output rounds to its truth value
+    assert metrics["test/loss"] < 0.01
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    reference = plain_nand(seed=7).state_dict()
+    ours = {
+        "0.weight": state["net.hidden.weight"],
+        "0.bias": state["net.hidden.bias"],
+        "2.weight": state["net.out.weight"],
+        "2.bias": state["net.out.bias"],
+    }
+    for key, value in reference.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6)
+
+
+def test_xor_learns_its_table(tmp_path):
+    run_train("+experiment=xor", f"hydra.run.dir={tmp_path}")
+    metrics = read_metrics(tmp_path)
+    assert metrics["test/acc"] == 1.0
+    assert metrics["test/loss"] < 0.01
+
+
+def test_no_single_linear_unit_learns_xor():
+    """Why the XOR experiment needs its hidden layer: a lone sigmoid unit stays near MSE 0.25."""
+    torch.manual_seed(0)
+    unit = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
+    optimizer = torch.optim.SGD(unit.parameters(), lr=1.0)
+    for _ in range(4000):
+        loss = nn.functional.mse_loss(unit(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() > 0.2
+    assert ((unit(x) > 0.5).float() == y).float().mean() < 1
+
+
+@pytest.mark.parametrize(
+    ("experiment", "low", "high"), [("mnist_sgd", 0.90, 0.925), ("mnist_adam", 0.97, 1.0)]
+)
+def test_real_mnist_reproduces_the_primer_protocol(real_mnist, tmp_path, experiment, low, high):
+    run_train(
+        f"+experiment={experiment}", f"data.data_dir={real_mnist}", f"hydra.run.dir={tmp_path}"
+    )
+    metrics = read_metrics(tmp_path)
+    assert metrics["epochs"] == 5 and metrics["steps"] == 5 * 860  # 55,000 images, batch 64
+    assert low <= metrics["test/acc"] <= high
