@@ -1,0 +1,121 @@
+"""MNIST-format image datasets through torchvision, decoded once into tensors held in memory."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets
+
+from src.data.tensors import EpochShuffle, TensorBatches, keep_batch
+
+DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset's files are missing or unreadable; the message says where to put them."""
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """The official training set split into train/validation by a fixed generator; the official
+    test set as test. Pixels are scaled to [0, 1] exactly as torchvision's `ToTensor` does."""
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        dataset: str = "mnist",
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        normalize: bool = False,
+        download: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"data.dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
+        self.data_dir = data_dir
+        self.dataset_cls = DATASETS[dataset]
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.normalize = normalize
+        self.download = download
+        self.seed = seed
+        self.train_set: TensorBatches | None = None
+        self.val_set: TensorBatches | None = None
+        self.test_set: TensorBatches | None = None
+
+    @property
+    def raw_folder(self) -> Path:
+        """Where torchvision keeps (and looks for) the raw IDX files."""
+        return Path(self.data_dir) / self.dataset_cls.__name__ / "raw"
+
+    def prepare_data(self) -> None:
+        """Download the files when they are missing (once per node under DDP)."""
+        if self.download:
+            for train in (True, False):
+                self._read(train, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Decode the images once and keep them as tensors on the training device."""
+        if self.train_set is None:
+            self._build()
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            for split in (self.train_set, self.val_set, self.test_set):
+                split.to(device)
+
+    def _build(self) -> None:
+        images, labels = self._read(train=True)
+        if not 0 < self.val_size < len(images):
+            raise ValueError(
+                f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
+                f"the training set holds {len(images)} images"
+            )
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        train_x, val_x = to_unit_float(images[train_idx]), to_unit_float(images[val_idx])
+        test_images, test_labels = self._read(train=False)
+        test_x = to_unit_float(test_images)
+        if self.normalize:
+            # Statistics of the training split only, so nothing leaks from validation or test.
+            mean, std = train_x.mean(), train_x.std()
+            for x in (train_x, val_x, test_x):
+                x.sub_(mean).div_(std)
+        self.train_set = TensorBatches(train_x, labels[train_idx])
+        self.val_set = TensorBatches(val_x, labels[val_idx])
+        self.test_set = TensorBatches(test_x, test_labels)
+
+    def _read(self, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            ds = self.dataset_cls(self.data_dir, train=train, download=download)
+        except RuntimeError as err:
+            names = ", ".join(name for name, _ in self.dataset_cls.resources)
+            reason = str(err).strip().splitlines()[0]
+            raise DatasetUnavailable(
+                f"{self.dataset_cls.__name__} is not readable in {self.raw_folder} ({reason}). "
+                f"Put the four files {names} there, or run once with network access."
+            ) from err
+        return ds.data, ds.targets
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=EpochShuffle(len(self.train_set), self.seed),
+            collate_fn=keep_batch,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.eval_batch_size, collate_fn=keep_batch)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=self.eval_batch_size, collate_fn=keep_batch)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 28, 28) → float (N, 1, 28, 28) in [0, 1], bit for bit like `ToTensor`."""
+    return images.unsqueeze(1).float().div_(255)
