@@ -25,7 +25,9 @@ OUT = REPO / "outputs" / "bench"
 def measure(cmd: list[str]) -> dict:
     """Run `cmd`; return its wall seconds, peak resident memory (MiB) and its own JSON result."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -40,7 +42,13 @@ def measure(cmd: list[str]) -> dict:
 
 def framework(experiment: str, args, run: int) -> dict:
     run_dir = OUT / "runs" / f"{experiment}-{run}"
-    cmd = [sys.executable, "-m", "src.train", f"+experiment={experiment}", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.train",
+        f"+experiment={experiment}",
+        f"hydra.run.dir={run_dir}",
+    ]
     if experiment.startswith("mnist"):
         cmd += [f"data.data_dir={args.data_dir}", f"trainer.accelerator={args.accelerator}"]
     result = measure(cmd)
@@ -85,9 +93,10 @@ def main() -> None:
 
     lines = [
         f"Median of {args.repeats} alternating rounds, {datetime.now():%Y-%m-%d %H:%M}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}.",
+        f"{platform.machine()}, {os.cpu_count()} cores, device {args.device}.",
         "",
-        "| MNIST, batch 64, 5 epochs | plain loop | primer DataLoader | framework | framework / plain |",
+        "| MNIST, batch 64, 5 epochs | plain loop | primer DataLoader | framework "
+        "| framework / plain |",
         "| --- | --- | --- | --- | --- |",
         row("training phase", "train_seconds", "plain", "dataloader", "framework"),
         row("whole process", "wall", "plain", "dataloader", "framework"),

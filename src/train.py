@@ -6,20 +6,21 @@ config, fit, test, then write `metrics.json` and the hyperparameters next to Ten
 
 import json
 import logging
+import math
+import pickle
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
+from src.config import InputError, register, validate
 
-# A short random id in every output directory name: runs started in the same second never share
-# a directory. Cached, so every reference within one config (and a sweep's jobs) sees one value.
-OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
+log = logging.getLogger(__name__)
+register()
 
 FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
 
@@ -28,7 +29,16 @@ FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", 
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: one run per call (a multirun calls it once per job)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = train(cfg, run_dir)
+    try:
+        validate(cfg)
+        record = train(cfg, run_dir)
+    except (InputError, InstantiationException) as err:
+        # Bad input, not a failed run: say what to fix, leave no metrics.json behind.
+        reason = err if isinstance(err, InputError) else err.__cause__
+        if not isinstance(reason, InputError):
+            raise
+        log.error("%s", reason)
+        sys.exit(2)
     if record["status"] != "completed":
         sys.exit(1)
     return record.get(cfg.get("optimized_metric"))
@@ -56,9 +66,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     status, error = "completed", None
     start = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except Diverged as err:
         status, error = "diverged", str(err)
+    except pickle.UnpicklingError as err:
+        # weights_only loading met something other than tensors and plain values: never run it.
+        reason = str(err).strip().splitlines()[0]
+        raise InputError(
+            f"ckpt_path={cfg.ckpt_path} was refused by weights-only loading: {reason}"
+        ) from None
     fit_seconds = time.perf_counter() - start
     metrics = read_metrics(trainer.callback_metrics)
     if status == "completed":
@@ -76,6 +92,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if error:
         record["error"] = error
         log.error(error)
+    if not trainer.is_global_zero:
+        return record  # under DDP, rank 0 alone writes the run's files
     log_hparams(trainer, cfg, metrics)
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
@@ -86,13 +104,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return record
 
 
-def read_metrics(callback_metrics: dict, prefix: str = "") -> dict[str, float]:
-    """The epoch-level values of FINAL_METRICS that the trainer holds, as plain floats."""
-    return {
+def read_metrics(callback_metrics: dict, prefix: str = "") -> dict[str, float | None]:
+    """The epoch-level values of FINAL_METRICS that the trainer holds; None where not finite."""
+    values = {
         key: float(callback_metrics[key])
         for key in FINAL_METRICS
         if key.startswith(prefix) and key in callback_metrics
     }
+    return {key: value if math.isfinite(value) else None for key, value in values.items()}
 
 
 def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:

@@ -4,6 +4,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from src.config import ConfigError
 from src.data.tensors import TensorBatches, keep_batch
 
 INPUTS = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0))
@@ -26,7 +27,7 @@ class LogicGateDataModule(L.LightningDataModule):
     def __init__(self, gate: str = "nand", steps_per_epoch: int = 100):
         super().__init__()
         if gate not in TRUTH_TABLES:
-            raise ValueError(f"data.gate={gate!r} is not one of: {', '.join(TRUTH_TABLES)}")
+            raise ConfigError(f"data.gate={gate!r} is not one of: {', '.join(TRUTH_TABLES)}")
         self.gate = gate
         self.steps_per_epoch = steps_per_epoch
         self.table = TensorBatches(

@@ -1,19 +1,23 @@
 """MNIST-format image datasets through torchvision, decoded once into tensors held in memory."""
 
+import math
+import struct
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 
+from src.config import ConfigError, InputError
 from src.data.tensors import EpochShuffle, TensorBatches, keep_batch
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
 
 
-class DatasetUnavailable(RuntimeError):
-    """The dataset's files are missing or unreadable; the message says where to put them."""
+class DatasetUnavailable(InputError, RuntimeError):
+    """The dataset's files are missing, truncated or corrupt; the message says what to do."""
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -34,7 +38,7 @@ class MNISTDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if dataset not in DATASETS:
-            raise ValueError(f"data.dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
+            raise ConfigError(f"data.dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
         self.data_dir = data_dir
         self.dataset_cls = DATASETS[dataset]
         self.batch_size = batch_size
@@ -71,11 +75,13 @@ class MNISTDataModule(L.LightningDataModule):
     def _build(self) -> None:
         images, labels = self._read(train=True)
         if not 0 < self.val_size < len(images):
-            raise ValueError(
+            raise ConfigError(
                 f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
                 f"the training set holds {len(images)} images"
             )
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        order = torch.randperm(
+            len(images), generator=torch.Generator().manual_seed(self.split_seed)
+        )
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]
         train_x, val_x = to_unit_float(images[train_idx]), to_unit_float(images[val_idx])
         test_images, test_labels = self._read(train=False)
@@ -90,6 +96,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.test_set = TensorBatches(test_x, test_labels)
 
     def _read(self, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_files()
         try:
             ds = self.dataset_cls(self.data_dir, train=train, download=download)
         except RuntimeError as err:
@@ -100,6 +107,19 @@ class MNISTDataModule(L.LightningDataModule):
                 f"Put the four files {names} there, or run once with network access."
             ) from err
         return ds.data, ds.targets
+
+    def _check_files(self) -> None:
+        """Refuse truncated or corrupt files with a message, before torchvision trips over them."""
+        for gz_name, md5 in self.dataset_cls.resources:
+            gz = self.raw_folder / gz_name
+            extracted = self.raw_folder / gz.stem
+            if extracted.exists():
+                check_idx_size(extracted)
+            elif gz.exists() and not check_integrity(str(gz), md5):
+                raise DatasetUnavailable(
+                    f"{gz} is corrupt: its MD5 is not the official {md5}. "
+                    "Replace it with the official file (or delete it to download it again)."
+                )
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -114,6 +134,21 @@ class MNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=self.eval_batch_size, collate_fn=keep_batch)
+
+
+def check_idx_size(path: Path) -> None:
+    """An IDX file's header gives its dimensions; its size must match them exactly."""
+    data = path.read_bytes()[:16]
+    ndim = data[3] if len(data) >= 4 else 0
+    if len(data) < 4 + 4 * ndim or data[2] != 0x08 or not 1 <= ndim <= 3:
+        raise DatasetUnavailable(f"{path} is not an MNIST-format IDX file: delete or replace it")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    expected, actual = 4 + 4 * ndim + math.prod(dims), path.stat().st_size
+    if actual != expected:
+        raise DatasetUnavailable(
+            f"{path} is truncated or corrupt: {actual} bytes where its header promises "
+            f"{expected}. Delete it; it is extracted again from the official .gz file."
+        )
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from torch import nn
 
+from src.config import ConfigError
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -17,4 +19,4 @@ def activation(name: str) -> nn.Module:
         return ACTIVATIONS[name]()
     except KeyError:
         valid = ", ".join(ACTIVATIONS)
-        raise ValueError(f"model.activation={name!r} is not one of: {valid}") from None
+        raise ConfigError(f"model.activation={name!r} is not one of: {valid}") from None

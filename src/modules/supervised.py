@@ -46,7 +46,11 @@ class SupervisedModule(L.LightningModule):
         acc = getattr(self, f"{stage}_acc")
         acc(out, y)
         per_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=per_step, on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP the epoch values are averaged over every rank's share of the data
+        # (the accuracy metric object syncs its counts itself).
+        self.log(
+            f"{stage}/loss", loss, on_step=per_step, on_epoch=True, prog_bar=True, sync_dist=True
+        )
         self.log(f"{stage}/acc", acc, on_step=per_step, on_epoch=True, prog_bar=True)
         return loss
 
@@ -55,7 +59,7 @@ class SupervisedModule(L.LightningModule):
         if not torch.isfinite(loss):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             raise Diverged(
-                f"train/loss became {loss.item()} at step {self.global_step} "
+                f"train/loss became {loss.item()} at step {self.global_step + 1} "
                 f"(epoch {self.current_epoch}) with learning rate {lr:g}: "
                 "lower optimizer.lr or change the optimizer"
             )

@@ -1,0 +1,58 @@
+"""Test a checkpoint: `python -m src.eval ckpt_path=<run dir>/checkpoints/last.ckpt`."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import InputError, check_checkpoint, register
+
+log = logging.getLogger(__name__)
+register()
+
+
+@hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point; exits with status 2 and one message on bad input."""
+    try:
+        record = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except InputError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    log.info("test/acc %.4f, test/loss %.4f", record["test/acc"], record["test/loss"])
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    """Test the checkpoint's weights on its run's data; write and return `metrics.json`."""
+    ckpt = Path(cfg.ckpt_path)
+    check_checkpoint(ckpt)
+    run_config = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not run_config.is_file():
+        raise InputError(
+            f"{run_config} not found: evaluate a checkpoint inside the run directory that "
+            "training wrote it to (its .hydra/config.yaml says which model and data it used)"
+        )
+    run_cfg = OmegaConf.load(run_config)
+    if cfg.data_dir is not None:
+        run_cfg.data.data_dir = cfg.data_dir
+
+    import lightning as L
+    from hydra.utils import get_class, instantiate
+
+    logging.getLogger("lightning").handlers.clear()  # see src/train.py
+    model_cls: type[L.LightningModule] = get_class(run_cfg.model._target_)
+    model = model_cls.load_from_checkpoint(ckpt, weights_only=True)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    (results,) = trainer.test(model, datamodule=instantiate(run_cfg.data), verbose=False)
+    record = {key: float(value) for key, value in results.items()}
+    record |= {"ckpt_path": str(ckpt), "status": "completed"}
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()
