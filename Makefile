@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Where the four MNIST .gz files already are, if anywhere; otherwise torchvision downloads them.
 MNIST_RAW ?= ../shared/datasets/MNIST/raw
 
-.PHONY: help install data train test lint tensorboard clean
+.PHONY: help install data train test lint tensorboard bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ lint: install ## ruff check and format check
 
 tensorboard: install ## open TensorBoard on every run under outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
+
+bench: install data ## time the framework against plain PyTorch loops (outputs/bench/latest.md)
+	$(PY) bench/bench.py $(ARGS)
 
 clean: ## remove outputs/ (runs, checkpoints, curves)
 	rm -rf outputs

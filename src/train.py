@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import InputError, register, validate
@@ -27,21 +28,62 @@ FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: one run per call (a multirun calls it once per job)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """Hydra entry point: one run per call (a multirun calls it once per job).
+
+    A single run exits non-zero when it does not complete. In a sweep a job never ends the
+    sweep: its failure is recorded in its metrics.json, and a job that already finished (a sweep
+    run again with the same hydra.sweep.dir) is left as it is.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if in_sweep:
+        previous = read_record(run_dir)
+        if previous.get("status") in ("completed", "diverged"):
+            log.info("%s finished earlier (%s): left as it is", run_dir, previous["status"])
+            return objective(previous, cfg)
+        if (run_dir / "checkpoints" / "last.ckpt").is_file() and not cfg.ckpt_path:
+            cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+            log.info("continuing an unfinished job from %s", cfg.ckpt_path)
     try:
         validate(cfg)
         record = train(cfg, run_dir)
-    except (InputError, InstantiationException) as err:
-        # Bad input, not a failed run: say what to fix, leave no metrics.json behind.
-        reason = err if isinstance(err, InputError) else err.__cause__
-        if not isinstance(reason, InputError):
+    except Exception as err:
+        reason = err.__cause__ if isinstance(err, InstantiationException) else err
+        if isinstance(reason, InputError) and not in_sweep:
+            # Bad input, not a failed run: say what to fix, leave no metrics.json behind.
+            log.error("%s", reason)
+            sys.exit(2)
+        record = {
+            "status": "failed",
+            "error": f"{type(reason).__name__}: {reason}",
+            "seed": cfg.seed,
+        }
+        write_record(run_dir, record)
+        if not in_sweep:
             raise
-        log.error("%s", reason)
-        sys.exit(2)
-    if record["status"] != "completed":
+        log.error("job failed: %s", record["error"])
+    if record["status"] != "completed" and not in_sweep:
         sys.exit(1)
-    return record.get(cfg.get("optimized_metric"))
+    return objective(record, cfg)
+
+
+def objective(record: dict, cfg: DictConfig) -> float | None:
+    """The value a sweeper optimizes (`optimized_metric`); NaN marks a failed trial."""
+    if not cfg.get("optimized_metric"):
+        return None
+    value = record.get(cfg.optimized_metric)
+    return float("nan") if value is None else value
+
+
+def read_record(run_dir: Path) -> dict:
+    """The run's metrics.json, or {} when it has none (yet)."""
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -76,7 +118,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             f"ckpt_path={cfg.ckpt_path} was refused by weights-only loading: {reason}"
         ) from None
     fit_seconds = time.perf_counter() - start
-    metrics = read_metrics(trainer.callback_metrics)
+    table = next((c for c in callbacks if isinstance(c, EpochTable)), None)
+    # The table's last row covers a run resumed from its final checkpoint, where fit has no
+    # epoch left to run and so logs nothing.
+    last_epoch = table.rows[-1] if table and table.rows else {}
+    metrics = read_metrics({**last_epoch, **trainer.callback_metrics})
     if status == "completed":
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics |= read_metrics(trainer.callback_metrics, prefix="test/")
@@ -95,21 +141,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if not trainer.is_global_zero:
         return record  # under DDP, rank 0 alone writes the run's files
     log_hparams(trainer, cfg, metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_record(run_dir, record)
 
-    table = next((c for c in callbacks if isinstance(c, EpochTable)), None)
     if table is not None:
         log.info("results:\n%s", table.render(metrics))
     log.info("run directory: %s", run_dir)
     return record
 
 
-def read_metrics(callback_metrics: dict, prefix: str = "") -> dict[str, float | None]:
-    """The epoch-level values of FINAL_METRICS that the trainer holds; None where not finite."""
+def read_metrics(source: dict, prefix: str = "") -> dict[str, float | None]:
+    """The values of FINAL_METRICS found in `source`, as floats; None where not finite."""
     values = {
-        key: float(callback_metrics[key])
-        for key in FINAL_METRICS
-        if key.startswith(prefix) and key in callback_metrics
+        key: float(source[key]) for key in FINAL_METRICS if key.startswith(prefix) and key in source
     }
     return {key: value if math.isfinite(value) else None for key, value in values.items()}
 

@@ -5,12 +5,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from src.config import register
 from src.data import MNISTDataModule
 from src.modules import DigitModule, GateModule
 from tests.conftest import REPO
 
 
 def compose_train(*overrides: str):
+    register()  # the schemas the YAML files build on, as `python -m src.train` does on import
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         return compose("train", overrides=list(overrides))
 
@@ -93,3 +95,17 @@ def test_fashion_mnist_uses_the_same_datamodule():
     data = instantiate(cfg.data)
     assert data.raw_folder.parts[-2:] == ("FashionMNIST", "raw")
     assert cfg.data.batch_size == 64
+
+
+def test_sweep_presets_name_their_grids():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        register()
+        cfg = compose(
+            "train", overrides=["+experiment=mnist_sgd", "+sweep=mnist_optimizers"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    assert dict(cfg.hydra.sweeper.params) == {
+        "optimizer": "sgd,adam",
+        "optimizer.lr": "0.1,0.01,0.001",
+        "data.batch_size": "32,64,128",
+    }

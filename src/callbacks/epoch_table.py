@@ -13,26 +13,34 @@ COLUMNS = (
 
 
 class EpochTable(L.Callback):
-    """Records the epoch-level metrics every `every_n_epochs` epochs and formats them as a table."""
+    """Keeps every epoch's metrics and formats them as a table of every `every_n_epochs`-th row.
+
+    The rows travel in checkpoints, so a resumed run still knows (and prints) its whole history.
+    """
 
     def __init__(self, every_n_epochs: int = 1):
         self.every_n_epochs = every_n_epochs
         self.rows: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs and not trainer.should_stop:
-            return
         metrics = trainer.callback_metrics
-        row = {"epoch": epoch}
+        row = {"epoch": trainer.current_epoch + 1}
         row.update({key: float(metrics[key]) for key, _ in COLUMNS if key in metrics})
         self.rows.append(row)
 
-    def render(self, test: dict[str, float]) -> str:
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
+
+    def render(self, test: dict[str, float | None]) -> str:
         """The table as text, with the test metrics underneath."""
         header = ["epoch"] + [title for _, title in COLUMNS]
         lines = ["  ".join(f"{h:>9}" for h in header)]
         for row in self.rows:
+            if row["epoch"] % self.every_n_epochs and row is not self.rows[-1]:
+                continue
             cells = [f"{row['epoch']:>9}"] + [
                 f"{format_metric(key, row.get(key)):>9}" for key, _ in COLUMNS
             ]
