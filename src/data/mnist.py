@@ -48,6 +48,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.normalize = normalize
         self.download = download
         self.seed = seed
+        self.stats: dict[str, float] = {}  # the normalization, when there is one
         self.train_set: TensorBatches | None = None
         self.val_set: TensorBatches | None = None
         self.test_set: TensorBatches | None = None
@@ -91,6 +92,7 @@ class MNISTDataModule(L.LightningDataModule):
             mean, std = train_x.mean(), train_x.std()
             for x in (train_x, val_x, test_x):
                 x.sub_(mean).div_(std)
+            self.stats = {"mean": mean.item(), "std": std.item()}
         self.train_set = TensorBatches(train_x, labels[train_idx])
         self.val_set = TensorBatches(val_x, labels[val_idx])
         self.test_set = TensorBatches(test_x, test_labels)
@@ -107,6 +109,10 @@ class MNISTDataModule(L.LightningDataModule):
                 f"Put the four files {names} there, or run once with network access."
             ) from err
         return ds.data, ds.targets
+
+    def state_dict(self) -> dict[str, float]:
+        """Saved in checkpoints, so that predicting on new images normalizes them alike."""
+        return self.stats
 
     def _check_files(self) -> None:
         """Refuse truncated or corrupt files with a message, before torchvision trips over them."""

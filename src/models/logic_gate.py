@@ -15,6 +15,10 @@ class LogicGateNet(nn.Module):
         self.act = make_activation(activation)
         self.out = nn.Linear(hidden_dim, 1)
 
+    def hidden_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's outputs (B, hidden_dim): where XOR becomes linearly separable."""
+        return self.act(self.hidden(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map input pairs (B, 2) to outputs in (0, 1) of shape (B, 1)."""
-        return torch.sigmoid(self.out(self.act(self.hidden(x))))
+        return torch.sigmoid(self.out(self.hidden_activations(x)))

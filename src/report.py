@@ -1,0 +1,121 @@
+"""Share a run or a sweep without TensorBoard: `python -m src.report <run dir or sweep dir>`.
+
+Writes report.md with PNGs beside it: the loss and accuracy curves and the pictures the run
+logged (read back from its TensorBoard event files) and its metrics.json; for a sweep, the
+summary table and the curves of every job.
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from src.sweep import read_jobs, write_summary
+
+CURVES = {"loss": ("train/loss_epoch", "val/loss"), "accuracy": ("train/acc_epoch", "val/acc")}
+
+
+def load_events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def epoch_curve(events, tag: str) -> tuple[list[int], list[float]]:
+    """An epoch-level curve: its n-th point is the n-th epoch."""
+    values = [e.value for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+    return list(range(1, len(values) + 1)), values
+
+
+def run_report(run_dir: Path) -> Path:
+    """report.md for one run, with curves.png and the run's pictures."""
+    events = load_events(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (name, tags) in zip(axes, CURVES.items(), strict=True):
+        for tag in tags:
+            epochs, values = epoch_curve(events, tag)
+            if values:
+                ax.plot(epochs, values, marker="o", label=tag)
+        ax.set(xlabel="epoch", title=name)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=110)
+    plt.close(fig)
+
+    lines = [f"# Run `{run_dir.name}`", ""]
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if overrides_file.is_file():
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        lines += ["```", "python -m src.train " + " ".join(overrides), "```", ""]
+    lines += ["| metric | value |", "| --- | --- |"]
+    lines += [f"| {key} | {value} |" for key, value in metrics.items()]
+    lines += ["", "![loss and accuracy per epoch](curves.png)", ""]
+    for tag in sorted(events.Tags()["images"]):
+        images = events.Images(tag)
+        # First and last: how the picture changed over training (one when logged once).
+        for image in {images[0].step: images[0], images[-1].step: images[-1]}.values():
+            name = f"{tag.replace('/', '_')}_step{image.step}.png"
+            (run_dir / name).write_bytes(image.encoded_image_string)
+            lines += [f"## {tag}, step {image.step}", "", f"![{tag}]({name})", ""]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def sweep_report(sweep_dir: Path) -> Path:
+    """report.md for a sweep: the summary table, every job's validation and training curves."""
+    table = write_summary(sweep_dir)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    for job in read_jobs(sweep_dir):
+        epochs, values = epoch_curve(load_events(job["dir"]), "train/loss_epoch")
+        if values:
+            ax.plot(epochs, values, marker="o", label=job["label"])
+    ax.set(xlabel="epoch", ylabel="train/loss_epoch", yscale="log", title="training loss")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "train_loss.png", dpi=110)
+    plt.close(fig)
+    lines = [f"# Sweep `{sweep_dir.name}`", "", table, ""]
+    lines += ["![validation curves of every job](summary.png)", ""]
+    lines += ["![training loss of every job](train_loss.png)", ""]
+    report = sweep_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        sys.exit("usage: python -m src.report <run dir or sweep dir>")
+    path = Path(argv[1])
+    if (path / "metrics.json").is_file():
+        report = run_report(path)
+    elif any(path.glob("*/.hydra/overrides.yaml")):
+        report = sweep_report(path)
+    else:
+        sys.exit(f"{path} is neither a finished run (no metrics.json) nor a sweep directory")
+    print(f"wrote {report}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
