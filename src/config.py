@@ -144,3 +144,14 @@ def check_checkpoint(path: Path) -> None:
         name.endswith("/data.pkl") for name in zipfile.ZipFile(path).namelist()
     ):
         raise ConfigError(f"ckpt_path={path} is not a PyTorch/Lightning checkpoint")
+
+
+def run_config(ckpt: Path) -> DictConfig:
+    """The composed config of the run that wrote `ckpt`: its model and data settings."""
+    path = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise InputError(
+            f"{path} not found: use a checkpoint inside the run directory that training wrote "
+            "it to (its .hydra/config.yaml says which model and data it used)"
+        )
+    return OmegaConf.load(path)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from src.config import InputError, check_checkpoint, register
+from src.config import InputError, check_checkpoint, register, run_config
 
 log = logging.getLogger(__name__)
 register()
@@ -30,13 +30,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Test the checkpoint's weights on its run's data; write and return `metrics.json`."""
     ckpt = Path(cfg.ckpt_path)
     check_checkpoint(ckpt)
-    run_config = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not run_config.is_file():
-        raise InputError(
-            f"{run_config} not found: evaluate a checkpoint inside the run directory that "
-            "training wrote it to (its .hydra/config.yaml says which model and data it used)"
-        )
-    run_cfg = OmegaConf.load(run_config)
+    run_cfg = run_config(ckpt)
     if cfg.data_dir is not None:
         run_cfg.data.data_dir = cfg.data_dir
 

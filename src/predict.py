@@ -10,9 +10,9 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from src.config import InputError, check_checkpoint
+from src.config import InputError, check_checkpoint, run_config
 
 log = logging.getLogger(__name__)
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -73,10 +73,7 @@ def predict(ckpt_path: Path, input_path: Path) -> list[tuple[Path, int, float]]:
     """(file, predicted digit, its softmax probability) for every image under `input_path`."""
     check_checkpoint(ckpt_path)
     files = image_files(input_path)
-    run_config = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not run_config.is_file():
-        raise InputError(f"{run_config} not found: use a checkpoint inside its run directory")
-    run_cfg = OmegaConf.load(run_config)
+    run_cfg = run_config(ckpt_path)
 
     import torch
     from hydra.utils import get_class

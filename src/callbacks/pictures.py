@@ -73,12 +73,14 @@ class DigitPictures(L.Callback):
         self.wrong.append(tuple(t[wrong].cpu() for t in (x, y, pred, confidence)))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Every rank takes part in summing the confusion matrix under DDP; rank 0 draws it
+        # (and the mistakes from its own share of the test set).
+        matrix = self.confusion.compute().cpu()
         writer = tensorboard(trainer)
         if writer is None or not trainer.is_global_zero:
             return
         plt = figure_module()
         step = trainer.global_step
-        matrix = self.confusion.compute().cpu()
         fig, ax = plt.subplots(figsize=(6, 5.5))
         ax.imshow(matrix.log1p(), cmap="Blues")
         for i, j in torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist():
