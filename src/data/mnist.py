@@ -59,8 +59,9 @@ class MNISTDataModule(L.LightningDataModule):
         return Path(self.data_dir) / self.dataset_cls.__name__ / "raw"
 
     def prepare_data(self) -> None:
-        """Download the files when they are missing (once per node under DDP)."""
-        if self.download:
+        """Download (or extract) the files when they are missing (once per node under DDP)."""
+        extracted = (self.raw_folder / Path(name).stem for name, _ in self.dataset_cls.resources)
+        if self.download and not all(path.is_file() for path in extracted):
             for train in (True, False):
                 self._read(train, download=True)
 
