@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from matplotlib.figure import Figure
 
 from src.sweep import read_jobs, write_summary
 
@@ -26,15 +27,6 @@ def load_events(run_dir: Path):
     return events
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def epoch_curve(events, tag: str) -> tuple[list[int], list[float]]:
     """An epoch-level curve: its n-th point is the n-th epoch."""
     values = [e.value for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
@@ -45,8 +37,8 @@ def run_report(run_dir: Path) -> Path:
     """report.md for one run, with curves.png and the run's pictures."""
     events = load_events(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, (name, tags) in zip(axes, CURVES.items(), strict=True):
         for tag in tags:
             epochs, values = epoch_curve(events, tag)
@@ -58,7 +50,6 @@ def run_report(run_dir: Path) -> Path:
             ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=110)
-    plt.close(fig)
 
     lines = [f"# Run `{run_dir.name}`", ""]
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
@@ -83,8 +74,8 @@ def run_report(run_dir: Path) -> Path:
 def sweep_report(sweep_dir: Path) -> Path:
     """report.md for a sweep: the summary table, every job's validation and training curves."""
     table = write_summary(sweep_dir)
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(11, 5.5))
+    fig = Figure(figsize=(11, 5.5))
+    ax = fig.subplots()
     for job in read_jobs(sweep_dir):
         epochs, values = epoch_curve(load_events(job["dir"]), "train/loss_epoch")
         if values:
@@ -95,7 +86,6 @@ def sweep_report(sweep_dir: Path) -> Path:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(sweep_dir / "train_loss.png", dpi=110)
-    plt.close(fig)
     lines = [f"# Sweep `{sweep_dir.name}`", "", table, ""]
     lines += ["![validation curves of every job](summary.png)", ""]
     lines += ["![training loss of every job](train_loss.png)", ""]

@@ -79,16 +79,15 @@ def write_summary(sweep_dir: Path) -> str:
 
 def plot_curves(jobs: list[dict], path: Path) -> None:
     """Every job's validation curve on one figure, read back from its TensorBoard events."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one line per event file otherwise
-    fig, ax = plt.subplots(figsize=(11, 5.5))
-    colors = plt.cm.tab20.colors
+    fig = Figure(figsize=(11, 5.5))
+    ax = fig.subplots()
+    colors = colormaps["tab20"].colors
     tag = "val/acc"
     for i, job in enumerate(jobs):
         events = EventAccumulator(str(job["dir"]), size_guidance={"scalars": 0})
@@ -110,7 +109,6 @@ def plot_curves(jobs: list[dict], path: Path) -> None:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
@@ -13,15 +14,6 @@ def tensorboard(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def figure_module():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 class DigitPictures(L.Callback):
@@ -79,9 +71,9 @@ class DigitPictures(L.Callback):
         writer = tensorboard(trainer)
         if writer is None or not trainer.is_global_zero:
             return
-        plt = figure_module()
         step = trainer.global_step
-        fig, ax = plt.subplots(figsize=(6, 5.5))
+        fig = Figure(figsize=(6, 5.5))
+        ax = fig.subplots()
         ax.imshow(matrix.log1p(), cmap="Blues")
         for i, j in torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist():
             color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
@@ -94,7 +86,8 @@ class DigitPictures(L.Callback):
         order = confidence.argsort(descending=True)[: self.mistakes]
         cols = 6
         rows = max(1, -(-len(order) // cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.6), squeeze=False)
+        fig = Figure(figsize=(cols * 1.4, rows * 1.6))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
         for ax, i in zip(axes.flat, order.tolist(), strict=False):
@@ -124,8 +117,8 @@ class GatePictures(L.Callback):
         grid = torch.cartesian_prod(axis, axis)  # (x1, x2) pairs, x1 varying slowest
         with torch.no_grad():
             surface = pl_module(grid).view(self.resolution, self.resolution).T.cpu()
-        plt = figure_module()
-        fig, ax = plt.subplots(figsize=(4.5, 4))
+        fig = Figure(figsize=(4.5, 4))
+        ax = fig.subplots()
         image = ax.imshow(
             surface, origin="lower", extent=(0, 1, 0, 1), vmin=0, vmax=1, cmap="RdBu_r"
         )
@@ -145,8 +138,8 @@ class GatePictures(L.Callback):
         x, _ = trainer.datamodule.table.tensors
         with torch.no_grad():
             hidden = pl_module.net.hidden_activations(x).cpu()
-        plt = figure_module()
-        fig, ax = plt.subplots(figsize=(1.2 + 0.7 * hidden.shape[1], 3))
+        fig = Figure(figsize=(1.2 + 0.7 * hidden.shape[1], 3))
+        ax = fig.subplots()
         ax.imshow(hidden, vmin=0, vmax=1, cmap="viridis")
         rows, units = hidden.shape
         for i, j in torch.cartesian_prod(torch.arange(rows), torch.arange(units)).tolist():
