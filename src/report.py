@@ -6,31 +6,16 @@ summary table and the curves of every job.
 """
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import yaml
 from matplotlib.figure import Figure
 
+from src.events import epoch_curve, load_events
 from src.sweep import read_jobs, write_summary
 
 CURVES = {"loss": ("train/loss_epoch", "val/loss"), "accuracy": ("train/acc_epoch", "val/acc")}
-
-
-def load_events(run_dir: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
-    events.Reload()
-    return events
-
-
-def epoch_curve(events, tag: str) -> tuple[list[int], list[float]]:
-    """An epoch-level curve: its n-th point is the n-th epoch."""
-    values = [e.value for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
-    return list(range(1, len(values) + 1)), values
 
 
 def run_report(run_dir: Path) -> Path:

@@ -16,6 +16,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from src.events import epoch_curve, load_events
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("val/acc", "test/acc", "train/loss", "fit_seconds", "status")
@@ -82,23 +84,19 @@ def plot_curves(jobs: list[dict], path: Path) -> None:
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one line per event file otherwise
     fig = Figure(figsize=(11, 5.5))
     ax = fig.subplots()
     colors = colormaps["tab20"].colors
     tag = "val/acc"
     for i, job in enumerate(jobs):
-        events = EventAccumulator(str(job["dir"]), size_guidance={"scalars": 0})
-        events.Reload()
+        events = load_events(job["dir"])
         scalars = events.Tags()["scalars"]
         tag = "val/acc" if "val/acc" in scalars else "val/loss" if "val/loss" in scalars else None
         if tag is None:
             continue
         # One point per validation, i.e. per epoch: epochs compare jobs of any batch size.
-        values = [p.value for p in events.Scalars(tag)]
-        epochs = range(1, len(values) + 1)
+        epochs, values = epoch_curve(events, tag)
         ax.plot(epochs, values, marker="o", color=colors[i % len(colors)], label=job["label"])
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
