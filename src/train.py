@@ -163,17 +163,19 @@ def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     The tab reads each metric's value from the scalar curve of the same tag, so the tags named here
     are the ones the run logged (a step-and-epoch metric's epoch curve carries `_epoch`).
     """
-    from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.tensorboard.summary import hparams
 
+    from src.callbacks.pictures import tensorboard
+
+    writer = tensorboard(trainer)
+    if writer is None:
+        return
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     tags = {key + ("_epoch" if key.startswith("train/") else ""): v for key, v in metrics.items()}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            writer = logger.experiment._get_file_writer()
-            for summary in hparams(params, tags):
-                writer.add_summary(summary)
-            writer.flush()
+    file_writer = writer._get_file_writer()
+    for summary in hparams(params, tags):
+        file_writer.add_summary(summary)
+    file_writer.flush()
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
