@@ -71,7 +71,8 @@ class MNISTSchema:
     data_dir: str = "data"
     dataset: str = "mnist"
     batch_size: int = 64
-    eval_batch_size: int = 1000
+    batches_per_call: int = 32
+    eval_batch_size: int = 5000
     val_size: int = 5000
     split_seed: int = 0
     normalize: bool = False
@@ -79,7 +80,7 @@ class MNISTSchema:
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("batch_size", "eval_batch_size", "val_size"):
+        for key in ("batch_size", "batches_per_call", "eval_batch_size", "val_size"):
             value = getattr(self, key)
             require(value >= 1, f"data.{key}", value, "must be at least 1")
         require(self.val_size < 60_000, "data.val_size", self.val_size, "must be below 60000")
@@ -89,15 +90,13 @@ class MNISTSchema:
 class LogicGateDataSchema:
     _target_: str = "src.data.LogicGateDataModule"
     gate: str = "nand"
-    steps_per_epoch: int = 100
+    steps_per_epoch: int = 1000
+    batches_per_call: int = 100
 
     def __post_init__(self):
-        require(
-            self.steps_per_epoch >= 1,
-            "data.steps_per_epoch",
-            self.steps_per_epoch,
-            "must be at least 1",
-        )
+        for key in ("steps_per_epoch", "batches_per_call"):
+            value = getattr(self, key)
+            require(value >= 1, f"data.{key}", value, "must be at least 1")
 
 
 @dataclass
@@ -127,11 +126,24 @@ def register() -> None:
     store.store(group="schema/model", name="net", node=NetSchema)
 
 
+# Trainer options that belong to Lightning's automatic optimization, which the modules replace
+# with their own steps (several per training_step call; see src/modules/supervised.py).
+AUTOMATIC_ONLY = {"gradient_clip_val": (None, 0), "accumulate_grad_batches": (1,)}
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the ranges of every typed group and that `ckpt_path` is a checkpoint file."""
     for group in ("optimizer", "data", "model"):
         if OmegaConf.get_type(cfg[group]) is not dict:
             OmegaConf.to_object(cfg[group])  # runs the schema's __post_init__
+    for key, allowed in AUTOMATIC_ONLY.items():
+        value = cfg.trainer.get(key, allowed[0])
+        if value not in allowed:
+            raise ConfigError(
+                f"trainer.{key}={value} is not supported: the modules take their optimizer "
+                "steps themselves (manual optimization), which Lightning does not clip or "
+                "accumulate. Leave it unset."
+            )
     if cfg.get("ckpt_path"):
         check_checkpoint(Path(cfg.ckpt_path))
 

@@ -15,6 +15,6 @@ def load_events(run_dir: Path):
 
 
 def epoch_curve(events, tag: str) -> tuple[list[int], list[float]]:
-    """An epoch-level curve (one point per epoch, as val/* and *_epoch are): (epochs, values)."""
+    """An epoch-level curve (one point per epoch, as train/loss and val/* are): (epochs, values)."""
     values = [e.value for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
     return list(range(1, len(values) + 1)), values

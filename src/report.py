@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from src.events import epoch_curve, load_events
 from src.sweep import read_jobs, write_summary
 
-CURVES = {"loss": ("train/loss_epoch", "val/loss"), "accuracy": ("train/acc_epoch", "val/acc")}
+CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc")}
 
 
 def run_report(run_dir: Path) -> Path:
@@ -62,10 +62,10 @@ def sweep_report(sweep_dir: Path) -> Path:
     fig = Figure(figsize=(11, 5.5))
     ax = fig.subplots()
     for job in read_jobs(sweep_dir):
-        epochs, values = epoch_curve(load_events(job["dir"]), "train/loss_epoch")
+        epochs, values = epoch_curve(load_events(job["dir"]), "train/loss")
         if values:
             ax.plot(epochs, values, marker="o", label=job["label"])
-    ax.set(xlabel="epoch", ylabel="train/loss_epoch", yscale="log", title="training loss")
+    ax.set(xlabel="epoch", ylabel="train/loss", yscale="log", title="training loss")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))

@@ -91,6 +91,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     # Imported here, not at the top: composing and checking the config needs none of them.
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import Timer
 
     from src.callbacks import EpochTable
     from src.modules import Diverged
@@ -119,6 +120,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         ) from None
     fit_seconds = time.perf_counter() - start
     table = next((c for c in callbacks if isinstance(c, EpochTable)), None)
+    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
     # The table's last row covers a run resumed from its final checkpoint, where fit has no
     # epoch left to run and so logs nothing.
     last_epoch = table.rows[-1] if table and table.rows else {}
@@ -133,6 +135,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "fit_seconds": round(fit_seconds, 3),
+        **({"train_seconds": round(timer.time_elapsed("train"), 3)} if timer else {}),
         "status": status,
     }
     if error:
@@ -160,8 +163,8 @@ def read_metrics(source: dict, prefix: str = "") -> dict[str, float | None]:
 def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     """Write the flattened config to TensorBoard's HPARAMS tab, tied to the final metrics.
 
-    The tab reads each metric's value from the scalar curve of the same tag, so the tags named here
-    are the ones the run logged (a step-and-epoch metric's epoch curve carries `_epoch`).
+    The tab reads each metric's value from the scalar curve of the same tag: the metric names are
+    the tags the run logged its epoch values under.
     """
     from torch.utils.tensorboard.summary import hparams
 
@@ -171,9 +174,8 @@ def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     if writer is None:
         return
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    tags = {key + ("_epoch" if key.startswith("train/") else ""): v for key, v in metrics.items()}
     file_writer = writer._get_file_writer()
-    for summary in hparams(params, tags):
+    for summary in hparams(params, metrics):
         file_writer.add_summary(summary)
     file_writer.flush()
 

@@ -58,9 +58,11 @@ def test_split_depends_on_split_seed_only(tiny_mnist):
 
 
 def test_train_batches_cover_the_split_once_per_epoch_in_a_seeded_order(tiny_mnist):
-    dm = make_dm(tiny_mnist, batch_size=64, seed=3)
+    dm = make_dm(tiny_mnist, batch_size=64, batches_per_call=3, seed=3)
     loader = dm.train_dataloader()
-    batches = list(loader)
+    calls = list(loader)  # each training_step call gets 3 minibatches (the last one the rest)
+    assert [len(call) for call in calls] == [3, 3, 2]
+    batches = [batch for call in calls for batch in call]
     assert len(batches) == math.ceil(500 / 64)
     assert [len(y) for _, y in batches] == [64] * 7 + [500 - 7 * 64]
     x, y = batches[0]
@@ -71,11 +73,16 @@ def test_train_batches_cover_the_split_once_per_epoch_in_a_seeded_order(tiny_mni
     def first_labels(epoch, seed=3):
         loader = make_dm(tiny_mnist, batch_size=64, seed=seed).train_dataloader()
         loader.sampler.set_epoch(epoch)
-        return next(iter(loader))[1]
+        return next(iter(next(iter(loader))))[1]
 
     assert torch.equal(first_labels(0), y)  # same seed, same epoch: same order
     assert not torch.equal(first_labels(1), y)  # the next epoch reshuffles
     assert not torch.equal(first_labels(0, seed=4), y)  # another seed, another order
+
+    # Grouping changes only how many minibatches a call gets, never the minibatches.
+    ungrouped = make_dm(tiny_mnist, batch_size=64, batches_per_call=1, seed=3).train_dataloader()
+    for (x1, y1), (x2, y2) in zip((b for call in ungrouped for b in call), batches, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
 def test_eval_loaders_keep_the_order(tiny_mnist):
@@ -120,13 +127,15 @@ def test_unknown_dataset_names_the_valid_ones():
 
 @pytest.mark.parametrize("gate", sorted(TRUTH_TABLES))
 def test_gate_loader_serves_the_whole_table_steps_per_epoch_times(gate):
-    dm = LogicGateDataModule(gate=gate, steps_per_epoch=7)
+    dm = LogicGateDataModule(gate=gate, steps_per_epoch=7, batches_per_call=3)
     dm.setup("fit")
-    batches = list(dm.train_dataloader())
-    assert len(batches) == 7
-    x, y = batches[0]
-    assert x.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
-    assert y.flatten().tolist() == list(TRUTH_TABLES[gate])
+    calls = list(dm.train_dataloader())
+    assert [len(call) for call in calls] == [3, 3, 1] == [len(list(call)) for call in calls]
+    steps = [step for call in calls for step in call]
+    assert len(steps) == 7
+    for x, y in steps:
+        assert x.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+        assert y.flatten().tolist() == list(TRUTH_TABLES[gate])
     assert len(list(dm.val_dataloader())) == len(list(dm.test_dataloader())) == 1
 
 

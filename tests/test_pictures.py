@@ -125,7 +125,7 @@ def test_tensorboard_server_serves_the_runs_scalars_and_images(digit_run):
                 pass
             assert time.monotonic() < deadline, "TensorBoard did not come up"
             time.sleep(0.5)
-        assert {"val/acc", "train/loss_epoch", "lr-SGD"} <= set(scalar_tags["."])
+        assert {"val/acc", "train/loss", "lr-SGD"} <= set(scalar_tags["."])
         points = json.loads(get(f"{base}/plugin/scalars/scalars?run=.&tag=val/acc"))
         assert len(points) == 2  # [wall_time, step, value] per epoch
         assert points[-1][2] == pytest.approx(read_metrics(digit_run)["val/acc"])

@@ -3,6 +3,7 @@
 import gzip
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -91,8 +92,10 @@ def test_divergence_stops_the_run_with_a_clear_message(base, tmp_path):
     assert "Traceback" not in output
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "diverged"
-    assert metrics["epochs"] == 0 and metrics["steps"] < 50  # stopped at once, not at epoch end
-    assert f"at step {metrics['steps'] + 1}" in metrics["error"]
+    # Stopped within the training_step call where it happened (32 steps), not at epoch end.
+    assert metrics["epochs"] == 0 and metrics["steps"] == 32
+    step = int(re.search(r"at step (\d+) ", metrics["error"])[1])
+    assert 1 <= step <= 32
     assert "learning rate 1e+06" in metrics["error"] and metrics["error"] in output
     assert "test/acc" not in metrics
 
@@ -128,6 +131,8 @@ BAD_INPUT = {
     "wrong type": (["optimizer.lr=abc"], ["optimizer.lr", "'abc'"]),
     "negative lr": (["optimizer.lr=-1"], ["optimizer.lr=-1.0", "must be > 0"]),
     "zero batch": (["data.batch_size=0"], ["data.batch_size=0", "at least 1"]),
+    "zero per call": (["data.batches_per_call=0"], ["data.batches_per_call=0", "at least 1"]),
+    "gradient clipping": (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val=1.0"]),
     "val too large": (["data.val_size=3000"], ["data.val_size=3000", "3000 images"]),
     "unknown key": (["optimizer.lrr=0.1"], ["optimizer.lrr"]),
     "unknown activation": (["model.activation=swish"], ["model.activation='swish'", "gelu"]),
@@ -194,7 +199,16 @@ def test_bad_input_is_refused_with_one_message(case, base, tmp_path):
 
 def test_ddp_on_two_cpu_processes_writes_one_run_with_reduced_metrics(tiny_mnist, tmp_path):
     overrides = ("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "data.val_size=100")
-    run_train(*overrides, "trainer=ddp_cpu", "trainer.max_epochs=2", cwd=tmp_path)
+    # Groups of 3 minibatches per training_step call: several synced optimizer steps per call.
+    weights = (
+        "+callbacks.rank_weights._target_=tests.rank_weights.RankWeights",
+        f"+callbacks.rank_weights.out_dir={tmp_path / 'weights'}",
+    )
+    run_train(*overrides, *weights, "trainer=ddp_cpu", "trainer.max_epochs=2",
+              "data.batches_per_call=3", cwd=tmp_path)  # fmt: skip
+    rank0, rank1 = (torch.load(tmp_path / "weights" / f"rank{r}.pt") for r in (0, 1))
+    for name, value in rank0.items():  # each rank trained on its own half of the data
+        assert torch.equal(value, rank1[name]), name
     run_dirs = list((tmp_path / "outputs" / "runs").glob("*/*"))
     assert len(run_dirs) == 1, run_dirs
     (run_dir,) = run_dirs

@@ -1,11 +1,18 @@
 """Pictures of what a network learned, written to TensorBoard's IMAGES and HISTOGRAMS tabs."""
 
+import io
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
+
+# Even bins: TensorBoard's default log-spaced ones cost four times as much to count, every epoch.
+HIST_BINS = 64
 
 
 def tensorboard(trainer: L.Trainer):
@@ -14,6 +21,19 @@ def tensorboard(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+def add_gray_image(writer, tag: str, image: torch.Tensor, step: int) -> None:
+    """A (H, W) image in [0, 1] written as a one-channel PNG. SummaryWriter.add_image always
+    encodes three channels: three times the work for the same picture, every epoch."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.mul(255).round().byte().numpy(), mode="L").save(buffer, format="PNG")
+    height, width = image.shape
+    png = Summary.Image(
+        height=height, width=width, colorspace=1, encoded_image_string=buffer.getvalue()
+    )
+    summary = Summary(value=[Summary.Value(tag=tag, image=png)])
+    writer._get_file_writer().add_summary(summary, step)
 
 
 class DigitPictures(L.Callback):
@@ -35,21 +55,20 @@ class DigitPictures(L.Callback):
         first = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Linear))
         patterns = first.weight.detach().cpu().view(-1, 1, 28, 28)
         grid = make_grid(patterns, nrow=16, normalize=True, scale_each=True, pad_value=1.0)
-        writer.add_image("pictures/first_layer_weights", grid, step)
+        add_gray_image(writer, "pictures/first_layer_weights", grid[0], step)
         if self.histograms:
             for name, param in pl_module.net.named_parameters():
-                writer.add_histogram(f"weights/{name}", param.detach().cpu(), step)
+                writer.add_histogram(f"weights/{name}", param.detach().cpu(), step, bins=HIST_BINS)
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # The gradients of each epoch's last step: by the epoch's end they are zeroed again.
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # The gradients of the epoch's last optimizer step: zeroed before validation.
         if not (self.histograms and trainer.is_last_batch and trainer.is_global_zero):
             return
         writer = tensorboard(trainer)
         for name, param in pl_module.net.named_parameters():
             if writer is not None and param.grad is not None:
-                writer.add_histogram(
-                    f"gradients/{name}", param.grad.detach().cpu(), trainer.global_step + 1
-                )
+                grad = param.grad.detach().cpu()
+                writer.add_histogram(f"gradients/{name}", grad, trainer.global_step, bins=HIST_BINS)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.confusion = MulticlassConfusionMatrix(num_classes=10).to(pl_module.device)
@@ -84,60 +103,78 @@ class DigitPictures(L.Callback):
 
         x, y, pred, confidence = (torch.cat(parts) for parts in zip(*self.wrong, strict=True))
         order = confidence.argsort(descending=True)[: self.mistakes]
-        cols = 6
-        rows = max(1, -(-len(order) // cols))
-        fig = Figure(figsize=(cols * 1.4, rows * 1.6))
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, i in zip(axes.flat, order.tolist(), strict=False):
-            ax.imshow(x[i].view(28, 28), cmap="gray")
-            ax.set_title(f"{pred[i]} ({confidence[i]:.2f})\ntrue {y[i]}", fontsize=8)
-        fig.suptitle("most confident mistakes: predicted (p), true", fontsize=9)
-        fig.tight_layout()
+        fig = mistakes_figure(x, y, pred, confidence, order)
         writer.add_figure("pictures/confident_mistakes", fig, step)
 
 
+def mistakes_figure(x, y, pred, confidence, order: torch.Tensor, cols: int = 6) -> Figure:
+    """The chosen digits tiled into one image with one axes over it (one axes per digit would
+    take matplotlib half a second to lay out), each labelled `predicted (p) / true`."""
+    rows = max(1, -(-len(order) // cols))
+    tiles = torch.ones(rows * cols, 1, 28, 28)
+    tiles[: len(order)] = x[order].view(-1, 1, 28, 28).cpu()
+    # 28-pixel digits on 40×48 cells: room for two lines of label above each one.
+    grid = torch.nn.functional.pad(tiles, (6, 6, 18, 2), value=1.0)
+    grid = grid.view(rows, cols, 48, 40).permute(0, 2, 1, 3).reshape(rows * 48, cols * 40)
+    fig = Figure(figsize=(cols * 1.4, rows * 1.6 + 0.3))
+    ax = fig.add_axes((0, 0, 1, rows * 1.6 / (rows * 1.6 + 0.3)))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for k, i in enumerate(order.tolist()):
+        row, col = divmod(k, cols)
+        label = f"{pred[i]} ({confidence[i]:.2f})\ntrue {y[i]}"
+        ax.text(col * 40 + 20, row * 48 + 9, label, ha="center", va="center", fontsize=8)
+    fig.suptitle("most confident mistakes: predicted (p), true", fontsize=9, y=0.995)
+    return fig
+
+
 class GatePictures(L.Callback):
-    """Logic-gate runs: the net's output over the unit square with the four truth-table points,
-    every `every_n_epochs` epochs (and after the first), and the hidden layer's activations for
-    the four inputs at the end."""
+    """Logic-gate runs: the net's output over the unit square with the four truth-table points
+    after the first training call and every `every_n_steps` steps, and the hidden layer's
+    activations for the four inputs at the end.
 
-    def __init__(self, every_n_epochs: int = 10, resolution: int = 64):
-        self.every_n_epochs = every_n_epochs
+    The surfaces are computed as training goes (one forward pass over a grid) but drawn when fit
+    ends: a matplotlib figure takes longer to draw than a thousand steps of these nets.
+    """
+
+    def __init__(self, every_n_steps: int = 1000, resolution: int = 64):
+        self.every_n_steps = every_n_steps
         self.resolution = resolution
+        self.surfaces: list[tuple[int, torch.Tensor]] = []  # (step, output grid)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        writer = tensorboard(trainer)
-        if writer is None or (epoch % self.every_n_epochs and epoch != 1):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, every = trainer.global_step, self.every_n_steps
+        if self.surfaces and step // every == self.surfaces[-1][0] // every:
             return
-        x, y = trainer.datamodule.table.tensors
+        x, _ = trainer.datamodule.table.tensors
         axis = torch.linspace(0, 1, self.resolution, device=x.device)
         grid = torch.cartesian_prod(axis, axis)  # (x1, x2) pairs, x1 varying slowest
         with torch.no_grad():
             surface = pl_module(grid).view(self.resolution, self.resolution).T.cpu()
-        fig = Figure(figsize=(4.5, 4))
-        ax = fig.subplots()
-        image = ax.imshow(
-            surface, origin="lower", extent=(0, 1, 0, 1), vmin=0, vmax=1, cmap="RdBu_r"
-        )
-        ax.scatter(*x.cpu().T, c=y.cpu().flatten(), cmap="RdBu_r", vmin=0, vmax=1, s=160,
-                   edgecolors="black", clip_on=False, zorder=3)  # fmt: skip
-        title = f"output after epoch {epoch} (step {trainer.global_step})"
-        ax.set(xlabel="x1", ylabel="x2")
-        ax.set_title(title, pad=12)  # clear of the truth-table points on the top edge
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        writer.add_figure("pictures/output_surface", fig, trainer.global_step)
+        self.surfaces.append((step, surface))
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard(trainer)
         if writer is None:
             return
-        x, _ = trainer.datamodule.table.tensors
+        x, y = (t.cpu() for t in trainer.datamodule.table.tensors)
+        for step, surface in self.surfaces:
+            fig = Figure(figsize=(4.5, 4))
+            ax = fig.subplots()
+            image = ax.imshow(
+                surface, origin="lower", extent=(0, 1, 0, 1), vmin=0, vmax=1, cmap="RdBu_r"
+            )
+            ax.scatter(*x.T, c=y.flatten(), cmap="RdBu_r", vmin=0, vmax=1, s=160,
+                       edgecolors="black", clip_on=False, zorder=3)  # fmt: skip
+            ax.set(xlabel="x1", ylabel="x2")
+            ax.set_title(f"output after step {step}", pad=12)  # clear of the top-edge points
+            fig.colorbar(image, ax=ax)
+            fig.tight_layout()
+            writer.add_figure("pictures/output_surface", fig, step)
+        self.surfaces = []
+
         with torch.no_grad():
-            hidden = pl_module.net.hidden_activations(x).cpu()
+            hidden = pl_module.net.hidden_activations(trainer.datamodule.table.tensors[0]).cpu()
         fig = Figure(figsize=(1.2 + 0.7 * hidden.shape[1], 3))
         ax = fig.subplots()
         ax.imshow(hidden, vmin=0, vmax=1, cmap="viridis")
@@ -145,7 +182,7 @@ class GatePictures(L.Callback):
         for i, j in torch.cartesian_prod(torch.arange(rows), torch.arange(units)).tolist():
             color = "black" if hidden[i, j] > 0.5 else "white"
             ax.text(j, i, f"{hidden[i, j]:.2f}", ha="center", va="center", fontsize=8, color=color)
-        labels = [f"({a:.0f},{b:.0f})" for a, b in x.cpu().tolist()]
+        labels = [f"({a:.0f},{b:.0f})" for a, b in x.tolist()]
         ax.set(xlabel="hidden unit", ylabel="input", yticks=range(len(labels)), yticklabels=labels,
                xticks=range(hidden.shape[1]), title="hidden activations")  # fmt: skip
         fig.tight_layout()

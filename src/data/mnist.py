@@ -11,7 +11,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
 from src.config import ConfigError, InputError
-from src.data.tensors import EpochShuffle, TensorBatches, keep_batch
+from src.data.tensors import EpochShuffle, TensorBatches, keep_batch, training_loader
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
 
@@ -29,7 +29,8 @@ class MNISTDataModule(L.LightningDataModule):
         data_dir: str = "data",
         dataset: str = "mnist",
         batch_size: int = 64,
-        eval_batch_size: int = 1000,
+        batches_per_call: int = 32,
+        eval_batch_size: int = 5000,
         val_size: int = 5000,
         split_seed: int = 0,
         normalize: bool = False,
@@ -42,6 +43,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.data_dir = data_dir
         self.dataset_cls = DATASETS[dataset]
         self.batch_size = batch_size
+        self.batches_per_call = batches_per_call
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.split_seed = split_seed
@@ -129,12 +131,8 @@ class MNISTDataModule(L.LightningDataModule):
                 )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=EpochShuffle(len(self.train_set), self.seed),
-            collate_fn=keep_batch,
-        )
+        sampler = EpochShuffle(len(self.train_set), self.seed)
+        return training_loader(self.train_set, self.batch_size, self.batches_per_call, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.eval_batch_size, collate_fn=keep_batch)

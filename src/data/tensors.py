@@ -1,7 +1,7 @@
 """In-memory tensor datasets whose batches are cut with one index, not sample by sample."""
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class TensorBatches(Dataset):
@@ -24,6 +24,10 @@ class TensorBatches(Dataset):
         return tuple(t[index] for t in self.tensors)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        first = indices[0]
+        if indices == list(range(first, first + len(indices))):
+            # In order, as evaluation reads: a view, not a copy.
+            return tuple(t[first : first + len(indices)] for t in self.tensors)
         index = torch.as_tensor(indices, device=self.tensors[0].device)
         return tuple(t[index] for t in self.tensors)
 
@@ -36,6 +40,55 @@ class TensorBatches(Dataset):
 def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Collate function for `TensorBatches`: the batch is already stacked."""
     return batch
+
+
+def training_loader(
+    data: TensorBatches, batch_size: int, batches_per_call: int, sampler: Sampler
+) -> DataLoader:
+    """Minibatches of `batch_size` in the sampler's order, handed over `batches_per_call` at a
+    time: one `training_step` call runs them all (see `SupervisedModule`). The minibatches are
+    exactly those an ungrouped loader would give."""
+    return DataLoader(
+        MinibatchGroups(data, batch_size),
+        batch_size=batch_size * batches_per_call,
+        sampler=sampler,
+        collate_fn=keep_batch,
+    )
+
+
+class MinibatchGroups(Dataset):
+    """Training view of a `TensorBatches`: a DataLoader batch of indices becomes `Minibatches`."""
+
+    def __init__(self, data: TensorBatches, batch_size: int):
+        self.data = data
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, indices: list[int]) -> "Minibatches":
+        index = torch.as_tensor(indices, device=self.data.tensors[0].device)
+        return Minibatches(self.data.tensors, index, self.batch_size)
+
+
+class Minibatches:
+    """Consecutive minibatches, kept as indices and gathered one at a time as they are iterated.
+
+    Gathering a whole group at once would copy it out of the CPU cache before its first step
+    ever reads it; one minibatch at a time is what a plain loop does.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], index: torch.Tensor, batch_size: int):
+        self.tensors = tensors
+        self.index = index
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.index) // self.batch_size)
+
+    def __iter__(self):
+        for index in self.index.split(self.batch_size):
+            yield tuple(t[index] for t in self.tensors)
 
 
 class EpochShuffle(Sampler[int]):
