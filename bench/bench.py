@@ -2,9 +2,10 @@
 
 Each round runs, one after the other: the plain tensor loop, the primer-style DataLoader loop and
 `python -m src.train` for MNIST, then the plain and framework NAND runs. Rounds alternate so that
-machine noise hits all of them alike; the table reports medians and writes them to outputs/bench/.
+machine noise hits all of them alike; the table reports medians (the ratio column: the median of
+each round's framework / plain) and writes them to outputs/bench/.
 
-    python bench/bench.py [--repeats 3] [--device cpu|cuda] [--data-dir data]
+    python bench/bench.py [--repeats 5] [--device cpu|cuda] [--data-dir data]
 """
 
 import argparse
@@ -62,7 +63,7 @@ def framework(experiment: str, args, run: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--skip-dataloader", action="store_true", help="skip the slow primer loop")
@@ -92,7 +93,10 @@ def main() -> None:
     def row(label, key, base, *others, unit="s"):
         values = [median(name, key) for name in (base, *others)]
         cells = ["-" if v is None else f"{v:.1f}" if unit == "MiB" else f"{v:.2f}" for v in values]
-        ratio = values[-1] / values[0]
+        # The ratio of each round's pair, then their median: the machine's speed drifts between
+        # rounds, and both programs of a round share its drift.
+        pairs = zip(samples[base], samples[others[-1]], strict=True)
+        ratio = statistics.median(other[key] / first[key] for first, other in pairs)
         return f"| {label} ({unit}) | " + " | ".join(cells) + f" | {ratio:.2f}× |"
 
     lines = [

@@ -86,16 +86,17 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(base, uninterrupted, 
 
 
 def test_divergence_stops_the_run_with_a_clear_message(base, tmp_path):
-    proc = run_train(*base, "optimizer.lr=1e6", f"hydra.run.dir={tmp_path}", check=False)
+    overrides = ("optimizer.lr=1e6", "data.batches_per_call=8", f"hydra.run.dir={tmp_path}")
+    proc = run_train(*base, *overrides, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1
     assert "Traceback" not in output
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "diverged"
-    # Stopped within the training_step call where it happened (32 steps), not at epoch end.
-    assert metrics["epochs"] == 0 and metrics["steps"] == 32
+    # Stopped within the training_step call where it happened (8 steps), not at epoch end.
+    assert metrics["epochs"] == 0 and metrics["steps"] == 8
     step = int(re.search(r"at step (\d+) ", metrics["error"])[1])
-    assert 1 <= step <= 32
+    assert 1 <= step <= 8
     assert "learning rate 1e+06" in metrics["error"] and metrics["error"] in output
     assert "test/acc" not in metrics
 

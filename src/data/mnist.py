@@ -29,7 +29,7 @@ class MNISTDataModule(L.LightningDataModule):
         data_dir: str = "data",
         dataset: str = "mnist",
         batch_size: int = 64,
-        batches_per_call: int = 32,
+        batches_per_call: int = 100,
         eval_batch_size: int = 5000,
         val_size: int = 5000,
         split_seed: int = 0,

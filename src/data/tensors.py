@@ -37,8 +37,8 @@ class TensorBatches(Dataset):
         return self
 
 
-def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Collate function for `TensorBatches`: the batch is already stacked."""
+def keep_batch(batch):
+    """Collate function that keeps what `__getitems__` built: the batch is already stacked."""
     return batch
 
 

@@ -71,10 +71,23 @@ class SupervisedModule(L.LightningModule):
         return self.net(x)
 
     def training_step(self, batches: Iterable[Batch], batch_idx: int) -> None:
-        optimizer = self.optimizers()
         max_steps = self.trainer.max_steps
         # max_steps need not fall on a group boundary.
         steps_left = max_steps - self.global_step if max_steps >= 0 else len(batches)
+        losses, outputs, targets = self._take_steps(batches, steps_left)
+        if losses:
+            self._record(torch.stack(losses), outputs, targets)
+        if 0 <= max_steps <= self.global_step:
+            # Also mid-epoch: ask for the stop Lightning makes for early stopping, which
+            # validates (and checkpoints) the final weights; reaching max_steps alone does not.
+            self.trainer.should_stop = True
+            self._log_epoch()
+        elif batch_idx + 1 == self.trainer.num_training_batches:
+            self._log_epoch()
+
+    def _take_steps(self, batches: Iterable[Batch], steps_left: int) -> tuple[list, list, list]:
+        """One optimizer step per minibatch; returns their losses, outputs and targets."""
+        optimizer = self.optimizers()
         net, loss_fn = self.net, self.loss
         losses, outputs, targets = [], [], []
         for x, y in batches:
@@ -94,24 +107,19 @@ class SupervisedModule(L.LightningModule):
             losses.append(loss.detach())
             outputs.append(out.detach())
             targets.append(y)
-        if losses:
-            losses = torch.stack(losses)
-            self._check_finite(losses)
-            self._log_steps(losses)
-            sizes = torch.tensor([len(y) for y in targets], device=losses.device)
-            self.epoch_loss.append((losses * sizes).sum())
-            self.epoch_samples += int(sizes.sum())
-            self.train_acc.update(torch.cat(outputs), torch.cat(targets))
-            # Lightning advances its logging step once per call; count optimizer steps instead,
-            # so that epoch curves, the learning rate and train/loss_step share one x-axis.
-            self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
-        if 0 <= max_steps <= self.global_step:
-            # Also mid-epoch: ask for the stop Lightning makes for early stopping, which
-            # validates (and checkpoints) the final weights; reaching max_steps alone does not.
-            self.trainer.should_stop = True
-            self._log_epoch()
-        elif batch_idx + 1 == self.trainer.num_training_batches:
-            self._log_epoch()
+        return losses, outputs, targets
+
+    def _record(self, losses: torch.Tensor, outputs: list, targets: list) -> None:
+        """Check and log a call's steps, and add them to the epoch's loss and accuracy."""
+        self._check_finite(losses)
+        self._log_steps(losses)
+        sizes = torch.tensor([len(y) for y in targets], device=losses.device)
+        self.epoch_loss.append((losses * sizes).sum())
+        self.epoch_samples += int(sizes.sum())
+        self.train_acc.update(torch.cat(outputs), torch.cat(targets))
+        # Lightning advances its logging step once per call; count optimizer steps instead, so
+        # that epoch curves, the learning rate and train/loss_step share one x-axis.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
 
     def _log_epoch(self) -> None:
         """The epoch's training loss and accuracy, logged once: a self.log call costs as much as
