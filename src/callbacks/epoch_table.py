@@ -13,13 +13,12 @@ COLUMNS = (
 
 
 class EpochTable(L.Callback):
-    """Keeps every epoch's metrics and formats them as a table of every `every_n_epochs`-th row.
+    """Keeps every epoch's metrics and formats them as a table.
 
     The rows travel in checkpoints, so a resumed run still knows (and prints) its whole history.
     """
 
-    def __init__(self, every_n_epochs: int = 1):
-        self.every_n_epochs = every_n_epochs
+    def __init__(self):
         self.rows: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -39,8 +38,6 @@ class EpochTable(L.Callback):
         header = ["epoch"] + [title for _, title in COLUMNS]
         lines = ["  ".join(f"{h:>9}" for h in header)]
         for row in self.rows:
-            if row["epoch"] % self.every_n_epochs and row is not self.rows[-1]:
-                continue
             cells = [f"{row['epoch']:>9}"] + [
                 f"{format_metric(key, row.get(key)):>9}" for key, _ in COLUMNS
             ]

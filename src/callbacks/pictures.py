@@ -65,8 +65,10 @@ class DigitPictures(L.Callback):
         if not (self.histograms and trainer.is_last_batch and trainer.is_global_zero):
             return
         writer = tensorboard(trainer)
+        if writer is None:
+            return
         for name, param in pl_module.net.named_parameters():
-            if writer is not None and param.grad is not None:
+            if param.grad is not None:
                 grad = param.grad.detach().cpu()
                 writer.add_histogram(f"gradients/{name}", grad, trainer.global_step, bins=HIST_BINS)
 

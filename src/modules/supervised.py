@@ -113,9 +113,9 @@ class SupervisedModule(L.LightningModule):
         """Check and log a call's steps, and add them to the epoch's loss and accuracy."""
         self._check_finite(losses)
         self._log_steps(losses)
-        sizes = torch.tensor([len(y) for y in targets], device=losses.device)
-        self.epoch_loss.append((losses * sizes).sum())
-        self.epoch_samples += int(sizes.sum())
+        sizes = [len(y) for y in targets]
+        self.epoch_loss.append((losses * torch.tensor(sizes, device=losses.device)).sum())
+        self.epoch_samples += sum(sizes)
         self.train_acc.update(torch.cat(outputs), torch.cat(targets))
         # Lightning advances its logging step once per call; count optimizer steps instead, so
         # that epoch curves, the learning rate and train/loss_step share one x-axis.
