@@ -8,8 +8,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
+from torch.nn.functional import pad
 from torchmetrics.classification import MulticlassConfusionMatrix
-from torchvision.utils import make_grid
 
 # Even bins: TensorBoard's default log-spaced ones cost four times as much to count, every epoch.
 HIST_BINS = 64
@@ -53,9 +53,12 @@ class DigitPictures(L.Callback):
             return
         step = trainer.global_step
         first = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Linear))
-        patterns = first.weight.detach().cpu().view(-1, 1, 28, 28)
-        grid = make_grid(patterns, nrow=16, normalize=True, scale_each=True, pad_value=1.0)
-        add_gray_image(writer, "pictures/first_layer_weights", grid[0], step)
+        weights = first.weight.detach().cpu()
+        # Each pattern stretched to the full gray range on its own, as its sign and scale vary.
+        low, high = weights.aminmax(dim=1, keepdim=True)
+        patterns = ((weights - low) / (high - low).clamp_min(1e-5)).view(-1, 28, 28)
+        grid = pad(tile(patterns, cols=16, margins=(1, 1, 1, 1)), (1, 1, 1, 1), value=1.0)
+        add_gray_image(writer, "pictures/first_layer_weights", grid, step)
         if self.histograms:
             for name, param in pl_module.net.named_parameters():
                 writer.add_histogram(f"weights/{name}", param.detach().cpu(), step, bins=HIST_BINS)
@@ -109,15 +112,26 @@ class DigitPictures(L.Callback):
         writer.add_figure("pictures/confident_mistakes", fig, step)
 
 
+def tile(images: torch.Tensor, cols: int, margins: tuple[int, int, int, int]) -> torch.Tensor:
+    """(N, h, w) images in [0, 1] → one image of `cols` cells per row, white where empty.
+
+    Each cell is an image with white `margins` (left, right, top, bottom) around it. Done as one
+    reshape: torchvision's make_grid scales and places the images one by one in Python.
+    """
+    rows = max(1, -(-len(images) // cols))
+    cells = torch.ones(rows * cols, *images.shape[1:])
+    cells[: len(images)] = images
+    cells = pad(cells, margins, value=1.0)
+    height, width = cells.shape[1:]
+    return cells.view(rows, cols, height, width).permute(0, 2, 1, 3).reshape(rows * height, -1)
+
+
 def mistakes_figure(x, y, pred, confidence, order: torch.Tensor, cols: int = 6) -> Figure:
     """The chosen digits tiled into one image with one axes over it (one axes per digit would
     take matplotlib half a second to lay out), each labelled `predicted (p) / true`."""
-    rows = max(1, -(-len(order) // cols))
-    tiles = torch.ones(rows * cols, 1, 28, 28)
-    tiles[: len(order)] = x[order].view(-1, 1, 28, 28).cpu()
     # 28-pixel digits on 40×48 cells: room for two lines of label above each one.
-    grid = torch.nn.functional.pad(tiles, (6, 6, 18, 2), value=1.0)
-    grid = grid.view(rows, cols, 48, 40).permute(0, 2, 1, 3).reshape(rows * 48, cols * 40)
+    grid = tile(x[order].view(-1, 28, 28).cpu(), cols, margins=(6, 6, 18, 2))
+    rows = len(grid) // 48
     fig = Figure(figsize=(cols * 1.4, rows * 1.6 + 0.3))
     ax = fig.add_axes((0, 0, 1, rows * 1.6 / (rows * 1.6 + 0.3)))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

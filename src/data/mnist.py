@@ -143,7 +143,8 @@ class MNISTDataModule(L.LightningDataModule):
 
 def check_idx_size(path: Path) -> None:
     """An IDX file's header gives its dimensions; its size must match them exactly."""
-    data = path.read_bytes()[:16]
+    with path.open("rb") as file:
+        data = file.read(16)
     ndim = data[3] if len(data) >= 4 else 0
     if len(data) < 4 + 4 * ndim or data[2] != 0x08 or not 1 <= ndim <= 3:
         raise DatasetUnavailable(f"{path} is not an MNIST-format IDX file: delete or replace it")

@@ -29,12 +29,18 @@ class TensorBatches(Dataset):
             # In order, as evaluation reads: a view, not a copy.
             return tuple(t[first : first + len(indices)] for t in self.tensors)
         index = torch.as_tensor(indices, device=self.tensors[0].device)
-        return tuple(t[index] for t in self.tensors)
+        return gather(self.tensors, index)
 
     def to(self, device: torch.device | str) -> "TensorBatches":
         """Move every tensor to `device` (a no-op when already there)."""
         self.tensors = tuple(t.to(device) for t in self.tensors)
         return self
+
+
+def gather(tensors: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rows `index` of each tensor. index_select, not `t[index]`: on the CPU it copies a
+    minibatch of images in half the time of advanced indexing, for the same values."""
+    return tuple(t.index_select(0, index) for t in tensors)
 
 
 def keep_batch(batch):
@@ -88,7 +94,7 @@ class Minibatches:
 
     def __iter__(self):
         for index in self.index.split(self.batch_size):
-            yield tuple(t[index] for t in self.tensors)
+            yield gather(self.tensors, index)
 
 
 class EpochShuffle(Sampler[int]):
