@@ -4,7 +4,6 @@ The flow reads top to bottom: seed, build data, model, callbacks, loggers and tr
 config, fit, test, then write `metrics.json` and the hyperparameters next to TensorBoard's curves.
 """
 
-import functools
 import gc
 import json
 import logging
@@ -154,15 +153,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return record
 
 
-@functools.cache
 def load_training_stack() -> None:
-    """Import Lightning and the project's modules: once per process, and only for a run that
-    passed the config checks (composing and checking a config needs none of them).
+    """Import Lightning and the project's modules, for a run that passed the config checks
+    (composing and checking a config needs none of them).
 
     The imports leave about half a million objects that live as long as the process. Python's
     collector would scan all of them at each full collection, seven times during the imports
     alone (~0.7 s) and again at exit, without ever freeing one: they are frozen out of its sight.
     """
+    if "lightning" in sys.modules:  # a sweep's later jobs
+        return
     gc.disable()
     try:
         import lightning  # noqa: F401
