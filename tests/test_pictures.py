@@ -13,10 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets
 
+from src.callbacks.pictures import HIST_BINS, add_histogram
 from tests.conftest import REPO, read_metrics, run_train
 
 
@@ -68,6 +71,25 @@ def test_digit_pictures_have_the_right_sizes(digit_run):
         assert f"gradients/{name}" in histograms
     assert len(events.Scalars("lr-SGD")) == 2
     assert events.Scalars("lr-SGD")[-1].value == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("values", [torch.randn(784 * 128) * 0.03, torch.full((10,), 0.25)])
+def test_histograms_agree_with_tensorboards_own(values, tmp_path):
+    """Counted by torch, read back by TensorBoard: the same as SummaryWriter.add_histogram."""
+    writer = SummaryWriter(tmp_path)
+    add_histogram(writer, "ours", values, step=3)
+    writer.add_histogram("theirs", values, 3, bins=HIST_BINS)
+    writer.close()
+    events = load_events(tmp_path)
+    (ours,), (theirs,) = events.Histograms("ours"), events.Histograms("theirs")
+    ours, theirs = ours.histogram_value, theirs.histogram_value
+    assert (ours.min, ours.max, ours.num) == (theirs.min, theirs.max, theirs.num)
+    assert ours.sum == pytest.approx(theirs.sum) and ours.sum_squares == pytest.approx(
+        theirs.sum_squares
+    )
+    # numpy's drops the empty buckets at both ends; the counts in the rest are the same.
+    counts = [c for c in ours.bucket if c]
+    assert counts == [c for c in theirs.bucket if c] and sum(counts) == len(values)
 
 
 def test_histograms_can_be_turned_off(tiny_mnist, tmp_path):

@@ -30,7 +30,7 @@ def add_histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
     log-spaced bins also cost four times as much to count.
     """
     values = values.detach().flatten().double()
-    low, high = values.min().item(), values.max().item()
+    low, high = (v.item() for v in values.aminmax())
     # A single value gets bins around it, as numpy gives it.
     start, end = (low, high) if low < high else (low - 0.5, high + 0.5)
     counts = torch.histc(values, bins=HIST_BINS, min=start, max=end)
@@ -83,6 +83,7 @@ class DigitPictures(L.Callback):
         # Each pattern stretched to the full gray range on its own, as its sign and scale vary.
         low, high = weights.aminmax(dim=1, keepdim=True)
         patterns = ((weights - low) / (high - low).clamp_min(1e-5)).view(-1, 28, 28)
+        # 2-pixel white lines between and around the patterns, as torchvision's make_grid draws.
         grid = pad(tile(patterns, cols=16, margins=(1, 1, 1, 1)), (1, 1, 1, 1), value=1.0)
         add_gray_image(writer, "pictures/first_layer_weights", grid, step)
         if self.histograms:
