@@ -1,26 +1,31 @@
-"""Typed schemas for the config groups, registered in Hydra's ConfigStore.
+"""Typed schemas for the configs under conf/, registered in Hydra's ConfigStore.
 
-Hydra checks every override against them while it composes the config, so `optimizer.lr=abc` or
-`optimizer.lrr=0.1` fail with Hydra's message naming the key. `validate` then builds the
-dataclasses, whose `__post_init__` checks the ranges, before anything heavy is imported.
-The YAML files under conf/ pick a schema in their defaults list and hold the values.
+Hydra checks every override against them while it composes the config, so `optimizer.lr=abc`,
+`optimizer.lrr=0.1` or `+trainer.foo=1` fail with Hydra's message naming the key. `validate` then
+builds the dataclasses, whose `__post_init__` checks the ranges, before anything heavy is imported.
+
+The YAML files hold the values and pick their schema in their defaults list; a schema holds types
+and ranges, and a default only for a library argument that no YAML sets (Lightning's or PyTorch's
+own default, so that `+trainer.gradient_clip_val=1` or `optimizer.nesterov=true` can be typed).
 """
 
+import dataclasses
+import difflib
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from src.errors import ConfigError, InputError
 
-class InputError(Exception):
-    """Bad input from the user (a config value, a file); the message says what to fix."""
-
-
-class ConfigError(InputError, ValueError):
-    """A config value that cannot work; the message names the key."""
+# The names a config may use; src/models/activations.py, src/data/*.py map them (a test checks).
+ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "leaky_relu")
+GATES = ("and", "or", "nand", "xor")
+DATASETS = ("mnist", "fashion_mnist")
 
 
 def require(ok: bool, key: str, value, expectation: str) -> None:
@@ -28,14 +33,26 @@ def require(ok: bool, key: str, value, expectation: str) -> None:
         raise ConfigError(f"{key}={value!r} is out of range: it {expectation}")
 
 
+def one_of(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- optimizer/ ---------------------------------------------------------------------------------
+
+
 @dataclass
 class SGDSchema:
-    _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = 0.01
-    momentum: float = 0.0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
     dampening: float = 0.0
-    weight_decay: float = 0.0
     nesterov: bool = False
 
     def __post_init__(self):
@@ -46,12 +63,12 @@ class SGDSchema:
 
 @dataclass
 class AdamSchema:
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = 0.001
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    weight_decay: float = 0.0
     amsgrad: bool = False
 
     def __post_init__(self):
@@ -65,22 +82,96 @@ class AdamSchema:
         )
 
 
+# --- scheduler/ ---------------------------------------------------------------------------------
+
+
 @dataclass
-class MNISTSchema:
-    _target_: str = "src.data.MNISTDataModule"
-    data_dir: str = "data"
-    dataset: str = "mnist"
-    batch_size: int = 64
-    batches_per_call: int = 100
-    eval_batch_size: int = 5000
-    val_size: int = 5000
-    split_seed: int = 0
-    normalize: bool = False
-    download: bool = True
-    seed: int = 0
+class SchedulerSchema:
+    """Lightning's lr_scheduler dict, with the partial torch schedule under `schedule`."""
+
+    interval: str = MISSING
+    schedule: Any = MISSING
+    frequency: int = 1
+    monitor: str | None = None
+    name: str = "train/lr"  # the tag LearningRateMonitor logs the rate under
 
     def __post_init__(self):
-        for key in ("batch_size", "batches_per_call", "eval_batch_size", "val_size"):
+        one_of("scheduler.interval", self.interval, ("step", "epoch"))
+        require(self.frequency >= 1, "scheduler.frequency", self.frequency, "must be at least 1")
+
+
+@dataclass
+class CosineSchema:
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    eta_min: float = MISSING
+    T_max: int | None = None  # None: the run's length (src/modules/supervised.py)
+
+    def __post_init__(self):
+        require(self.eta_min >= 0, "scheduler.schedule.eta_min", self.eta_min, "must be >= 0")
+
+
+@dataclass
+class OneCycleSchema:
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    max_lr: float = MISSING
+    pct_start: float = MISSING
+    total_steps: int | None = None  # None: the run's length
+
+    def __post_init__(self):
+        require(self.max_lr > 0, "scheduler.schedule.max_lr", self.max_lr, "must be > 0")
+        require(0 < self.pct_start < 1, "scheduler.schedule.pct_start", self.pct_start,
+                "must be between 0 and 1")  # fmt: skip
+
+
+@dataclass
+class StepLRSchema:
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    step_size: int = MISSING
+    gamma: float = MISSING
+
+    def __post_init__(self):
+        require(self.step_size >= 1, "scheduler.schedule.step_size", self.step_size,
+                "must be at least 1")  # fmt: skip
+        require(self.gamma > 0, "scheduler.schedule.gamma", self.gamma, "must be > 0")
+
+
+@dataclass
+class PlateauSchema:
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    mode: str = MISSING
+    factor: float = MISSING
+    patience: int = MISSING
+
+    def __post_init__(self):
+        one_of("scheduler.schedule.mode", self.mode, ("min", "max"))
+        require(0 < self.factor < 1, "scheduler.schedule.factor", self.factor,
+                "must be between 0 and 1")  # fmt: skip
+        require(self.patience >= 0, "scheduler.schedule.patience", self.patience, "must be >= 0")
+
+
+# --- data/ --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MNISTSchema:
+    _target_: str = MISSING
+    data_dir: str = MISSING
+    dataset: str = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    val_size: int = MISSING
+    split_seed: int = MISSING
+    normalize: bool = MISSING
+    download: bool = MISSING
+    seed: int = MISSING
+
+    def __post_init__(self):
+        one_of("data.dataset", self.dataset, DATASETS)
+        for key in ("batch_size", "eval_batch_size", "val_size"):
             value = getattr(self, key)
             require(value >= 1, f"data.{key}", value, "must be at least 1")
         require(self.val_size < 60_000, "data.val_size", self.val_size, "must be below 60000")
@@ -88,25 +179,244 @@ class MNISTSchema:
 
 @dataclass
 class LogicGateDataSchema:
-    _target_: str = "src.data.LogicGateDataModule"
-    gate: str = "nand"
-    steps_per_epoch: int = 1000
-    batches_per_call: int = 100
+    _target_: str = MISSING
+    gate: str = MISSING
+    steps_per_epoch: int = MISSING
 
     def __post_init__(self):
-        for key in ("steps_per_epoch", "batches_per_call"):
-            value = getattr(self, key)
-            require(value >= 1, f"data.{key}", value, "must be at least 1")
+        one_of("data.gate", self.gate, GATES)
+        require(self.steps_per_epoch >= 1, "data.steps_per_epoch", self.steps_per_epoch,
+                "must be at least 1")  # fmt: skip
+
+
+# --- model/ and model/net/ ----------------------------------------------------------------------
 
 
 @dataclass
-class NetSchema:
-    _target_: str
-    hidden_dim: int
-    activation: str
+class ModuleSchema:
+    _target_: str = MISSING
+    net: Any = MISSING
+    steps_per_call: int = MISSING
 
     def __post_init__(self):
-        require(self.hidden_dim >= 1, "model.hidden_dim", self.hidden_dim, "must be at least 1")
+        require(self.steps_per_call >= 1, "model.steps_per_call", self.steps_per_call,
+                "must be at least 1")  # fmt: skip
+
+
+@dataclass
+class HiddenLayerSchema:
+    """DigitClassifier and LogicGateNet: one hidden layer."""
+
+    _target_: str = MISSING
+    hidden_dim: int = MISSING
+    activation: str = MISSING
+
+    def __post_init__(self):
+        require(self.hidden_dim >= 1, "model.net.hidden_dim", self.hidden_dim, "must be at least 1")
+        one_of("model.net.activation", self.activation, ACTIVATIONS)
+
+
+@dataclass
+class MLPSchema:
+    _target_: str = MISSING
+    hidden_dims: list[int] = MISSING
+    activation: str = MISSING
+
+    def __post_init__(self):
+        require(all(d >= 1 for d in self.hidden_dims), "model.net.hidden_dims",
+                list(self.hidden_dims), "must hold widths of at least 1")  # fmt: skip
+        one_of("model.net.activation", self.activation, ACTIVATIONS)
+
+
+@dataclass
+class CNNSchema:
+    _target_: str = MISSING
+    channels: list[int] = MISSING
+    hidden_dim: int = MISSING
+    activation: str = MISSING
+
+    def __post_init__(self):
+        # Each block halves the 28-pixel image: after 4 there is 1 pixel left.
+        require(1 <= len(self.channels) <= 4 and all(c >= 1 for c in self.channels),
+                "model.net.channels", list(self.channels),
+                "must hold 1 to 4 channel counts of at least 1")  # fmt: skip
+        require(self.hidden_dim >= 1, "model.net.hidden_dim", self.hidden_dim, "must be at least 1")
+        one_of("model.net.activation", self.activation, ACTIVATIONS)
+
+
+# --- trainer/ -----------------------------------------------------------------------------------
+
+
+def is_batch_limit(value) -> bool:
+    """Lightning's limit_*_batches and overfit_batches: a count, or a fraction of the batches."""
+    return (is_count(value) and value >= 0) or (isinstance(value, float) and 0 <= value <= 1)
+
+
+@dataclass
+class TrainerSchema:
+    """Lightning's Trainer arguments, typed; the defaults are Lightning's own."""
+
+    _target_: str = MISSING
+    default_root_dir: str | None = None
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = None
+    fast_dev_run: Any = False
+    max_epochs: int | None = None
+    min_epochs: int | None = None
+    max_steps: int = -1
+    min_steps: int | None = None
+    max_time: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int | None = None
+    enable_checkpointing: bool | None = None
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: str | None = None
+    detect_anomaly: bool = False
+    barebones: bool = False
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    enable_autolog_hparams: bool = True
+
+    def __post_init__(self):
+        one_of("trainer.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+        devices = self.devices
+        require(
+            devices == "auto"
+            or (is_count(devices) and (devices >= 1 or devices == -1))
+            or (isinstance(devices, str) and devices.lstrip("-").isdigit() and int(devices) != 0)
+            or (isinstance(devices, list) and devices and all(is_count(d) for d in devices)),
+            "trainer.devices", devices, "must be auto, -1 (all), a count of at least 1 or a "
+            "list of device indices",
+        )  # fmt: skip
+        require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "must be at least 1")
+        precisions = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true",
+                      "16", "bf16", "32", "64", 16, 32, 64, None)  # fmt: skip
+        one_of("trainer.precision", self.precision, precisions)
+        require(self.fast_dev_run is True or self.fast_dev_run is False
+                or (is_count(self.fast_dev_run) and self.fast_dev_run >= 0),
+                "trainer.fast_dev_run", self.fast_dev_run,
+                "must be true, false or a number of batches")  # fmt: skip
+        for key in ("max_epochs", "max_steps"):
+            value = getattr(self, key)
+            require(value is None or value == -1 or value >= 1, f"trainer.{key}", value,
+                    "must be -1 (no limit) or at least 1")  # fmt: skip
+        for key in ("min_epochs", "min_steps", "reload_dataloaders_every_n_epochs"):
+            value = getattr(self, key)
+            require(value is None or value >= 0, f"trainer.{key}", value, "must be >= 0")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                    "limit_predict_batches", "overfit_batches"):  # fmt: skip
+            value = getattr(self, key)
+            require(value is None or is_batch_limit(value), f"trainer.{key}", value,
+                    "must be a number of batches (0 or more) or a fraction in [0, 1]")  # fmt: skip
+        interval = self.val_check_interval
+        require(
+            interval is None
+            or (is_count(interval) and interval >= 1)
+            or (isinstance(interval, float) and 0 < interval <= 1),
+            "trainer.val_check_interval", interval,
+            "must be a number of training batches (1 or more) or a fraction of the epoch in (0, 1]",
+        )  # fmt: skip
+        check = self.check_val_every_n_epoch
+        require(check is None or check >= 1, "trainer.check_val_every_n_epoch", check,
+                "must be at least 1, or null to count val_check_interval over epochs")  # fmt: skip
+        sanity = self.num_sanity_val_steps
+        require(sanity is None or sanity >= -1, "trainer.num_sanity_val_steps", sanity,
+                "must be -1 (all) or at least 0")  # fmt: skip
+        every = self.log_every_n_steps
+        require(every is None or every >= 1, "trainer.log_every_n_steps", every,
+                "must be at least 1")  # fmt: skip
+        require(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches",
+                self.accumulate_grad_batches, "must be at least 1")  # fmt: skip
+        clip = self.gradient_clip_val
+        require(clip is None or clip >= 0, "trainer.gradient_clip_val", clip, "must be >= 0")
+        one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm,
+               ("norm", "value", None))  # fmt: skip
+        one_of("trainer.deterministic", self.deterministic, (True, False, "warn", None))
+        one_of("trainer.profiler", self.profiler, ("simple", "advanced", "pytorch", None))
+
+
+# --- callbacks ----------------------------------------------------------------------------------
+
+
+@dataclass
+class DigitPicturesSchema:
+    _target_: str = MISSING
+    histograms: bool = MISSING
+
+
+@dataclass
+class GatePicturesSchema:
+    _target_: str = MISSING
+    resolution: int = MISSING
+
+    def __post_init__(self):
+        require(self.resolution >= 2, "callbacks.gate_pictures.resolution", self.resolution,
+                "must be at least 2")  # fmt: skip
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class MonitorSchema:
+    """The experiment's measure of success: best checkpoint, early stopping, sweep order."""
+
+    metric: str = MISSING
+    mode: str = MISSING
+
+    def __post_init__(self):
+        one_of("monitor.mode", self.mode, ("min", "max"))
+
+
+@dataclass
+class TrainSchema:
+    """The top-level keys of conf/train.yaml; each group is typed by its own schema."""
+
+    name: str = MISSING
+    seed: int = MISSING
+    ckpt_path: str | None = MISSING
+    monitor: MonitorSchema = MISSING
+    data: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = MISSING
+    callbacks: Any = MISSING
+    paths: Any = MISSING
+
+    def __post_init__(self):
+        require(0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32)")
+
+
+SCHEMAS = {
+    "optimizer": {"sgd": SGDSchema, "adam": AdamSchema},
+    "scheduler": {"base": SchedulerSchema, "cosine": CosineSchema, "onecycle": OneCycleSchema,
+                  "step": StepLRSchema, "plateau": PlateauSchema},  # fmt: skip
+    "data": {"mnist": MNISTSchema, "logic_gate": LogicGateDataSchema},
+    "model": {"module": ModuleSchema},
+    "net": {"hidden_layer": HiddenLayerSchema, "mlp": MLPSchema, "cnn": CNNSchema},
+    "trainer": {"trainer": TrainerSchema},
+    "callbacks": {"digit_pictures": DigitPicturesSchema, "gate_pictures": GatePicturesSchema},
+}
 
 
 def register() -> None:
@@ -119,33 +429,34 @@ def register() -> None:
     store = ConfigStore.instance()
     # Under schema/ rather than in the groups themselves, so that Hydra's list of a group's
     # options (shown for a typo like optimizer=sgdd) holds only the real choices.
-    store.store(group="schema/optimizer", name="sgd", node=SGDSchema)
-    store.store(group="schema/optimizer", name="adam", node=AdamSchema)
-    store.store(group="schema/data", name="mnist", node=MNISTSchema)
-    store.store(group="schema/data", name="logic_gate", node=LogicGateDataSchema)
-    store.store(group="schema/model", name="net", node=NetSchema)
-
-
-# Trainer options that belong to Lightning's automatic optimization, which the modules replace
-# with their own steps (several per training_step call; see src/modules/supervised.py).
-AUTOMATIC_ONLY = {"gradient_clip_val": (None, 0), "accumulate_grad_batches": (1,)}
+    store.store(group="schema", name="train", node=TrainSchema)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the ranges of every typed group and that `ckpt_path` is a checkpoint file."""
-    for group in ("optimizer", "data", "model"):
-        if OmegaConf.get_type(cfg[group]) is not dict:
-            OmegaConf.to_object(cfg[group])  # runs the schema's __post_init__
-    for key, allowed in AUTOMATIC_ONLY.items():
-        value = cfg.trainer.get(key, allowed[0])
-        if value not in allowed:
-            raise ConfigError(
-                f"trainer.{key}={value} is not supported: the modules take their optimizer "
-                "steps themselves (manual optimization), which Lightning does not clip or "
-                "accumulate. Leave it unset."
-            )
+    """Check that every typed node holds only its own keys, within their ranges, and that
+    `ckpt_path` is a checkpoint file."""
+    refuse_unknown_keys(cfg)
+    OmegaConf.to_object(cfg)  # builds each schema's dataclass, which runs its __post_init__
     if cfg.get("ckpt_path"):
         check_checkpoint(Path(cfg.ckpt_path))
+
+
+def refuse_unknown_keys(node: DictConfig, path: str = "") -> None:
+    """`+trainer.foo=1` adds a key even to a typed node; refuse what its schema does not know."""
+    schema = OmegaConf.get_type(node)
+    typed = dataclasses.is_dataclass(schema)
+    known = {f.name for f in dataclasses.fields(schema)} if typed else set()
+    for key, value in node.items_ex(resolve=False):
+        name = f"{path}{key}"
+        if typed and key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {path}{close[0]}?" if close else "no such name in its group"
+            raise ConfigError(f"{name} is not a setting: {hint}")
+        if isinstance(value, DictConfig):
+            refuse_unknown_keys(value, f"{name}.")
 
 
 def check_checkpoint(path: Path) -> None:

@@ -9,7 +9,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from src.config import InputError, check_checkpoint, register, run_config
+from src.config import register
+from src.errors import InputError
 
 log = logging.getLogger(__name__)
 register()
@@ -28,20 +29,19 @@ def main(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Test the checkpoint's weights on its run's data; write and return `metrics.json`."""
+    from src.checkpoints import load_module
+
     ckpt = Path(cfg.ckpt_path)
-    check_checkpoint(ckpt)
-    run_cfg = run_config(ckpt)
+    module, run_cfg, _ = load_module(ckpt)
     if cfg.data_dir is not None:
         run_cfg.data.data_dir = cfg.data_dir
 
     import lightning as L
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import instantiate
 
-    logging.getLogger("lightning").handlers.clear()  # see src/train.py
-    model_cls: type[L.LightningModule] = get_class(run_cfg.model._target_)
-    model = model_cls.load_from_checkpoint(ckpt, weights_only=True)
+    datamodule = instantiate(run_cfg.data)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
-    (results,) = trainer.test(model, datamodule=instantiate(run_cfg.data), verbose=False)
+    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     record = {key: float(value) for key, value in results.items()}
     record |= {"ckpt_path": str(ckpt), "status": "completed"}
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -12,7 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from src.config import InputError, check_checkpoint, run_config
+from src.errors import InputError
 
 log = logging.getLogger(__name__)
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -71,23 +71,21 @@ def image_files(path: Path) -> list[Path]:
 
 def predict(ckpt_path: Path, input_path: Path) -> list[tuple[Path, int, float]]:
     """(file, predicted digit, its softmax probability) for every image under `input_path`."""
-    check_checkpoint(ckpt_path)
     files = image_files(input_path)
-    run_cfg = run_config(ckpt_path)
+    from src.checkpoints import load_module
+
+    model, _, checkpoint = load_module(ckpt_path)
 
     import torch
-    from hydra.utils import get_class
     from PIL import Image, UnidentifiedImageError
 
     from src.modules import DigitModule
 
-    model_cls = get_class(run_cfg.model._target_)
-    if not issubclass(model_cls, DigitModule):
-        raise InputError(f"ckpt_path={ckpt_path} is a {model_cls.__name__}, not a digit classifier")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    model = model_cls(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
+    if not isinstance(model, DigitModule):
+        raise InputError(
+            f"ckpt_path={ckpt_path} is a {type(model).__name__} checkpoint: predict classifies "
+            "digit images, with a checkpoint of a digit classifier"
+        )
     stats = checkpoint.get("MNISTDataModule", {})  # the training run's normalization, if any
 
     images = []

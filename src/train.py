@@ -19,7 +19,8 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import InputError, register, validate
+from src.config import register, validate
+from src.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 register()
@@ -69,11 +70,9 @@ def main(cfg: DictConfig) -> float | None:
     return objective(record, cfg)
 
 
-def objective(record: dict, cfg: DictConfig) -> float | None:
-    """The value a sweeper optimizes (`optimized_metric`); NaN marks a failed trial."""
-    if not cfg.get("optimized_metric"):
-        return None
-    value = record.get(cfg.optimized_metric)
+def objective(record: dict, cfg: DictConfig) -> float:
+    """What an optimizing sweeper (Optuna) compares: the experiment's metric; NaN when missing."""
+    value = record.get(cfg.monitor.metric)
     return float("nan") if value is None else value
 
 
@@ -92,18 +91,27 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     load_training_stack()
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import Timer
+    from lightning.pytorch.callbacks import ProgressBar
 
     from src.callbacks import EpochTable
-    from src.modules import Diverged
+    from src.modules import Diverged, NetworkMismatch
 
     # `import lightning` adds a console handler of its own; Hydra's handlers already print its
     # messages and copy them into train.log, so drop it rather than print every line twice.
     logging.getLogger("lightning").handlers.clear()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer))
+    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
+    try:
+        model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, NetworkMismatch):
+            raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
+        raise
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    if cfg.trainer.enable_progress_bar is False:
+        # No bar, as the flag says: Lightning refuses one among the callbacks then.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
@@ -121,7 +129,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         ) from None
     fit_seconds = time.perf_counter() - start
     table = next((c for c in callbacks if isinstance(c, EpochTable)), None)
-    timer = next((c for c in callbacks if isinstance(c, Timer)), None)
     # The table's last row covers a run resumed from its final checkpoint, where fit has no
     # epoch left to run and so logs nothing.
     last_epoch = table.rows[-1] if table and table.rows else {}
@@ -136,7 +143,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "fit_seconds": round(fit_seconds, 3),
-        **({"train_seconds": round(timer.time_elapsed("train"), 3)} if timer else {}),
+        **({"train_seconds": round(table.train_seconds, 3)} if table else {}),
         "status": status,
     }
     if error:
@@ -189,18 +196,18 @@ def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
     The tab reads each metric's value from the scalar curve of the same tag: the metric names are
     the tags the run logged its epoch values under.
     """
+    from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.tensorboard.summary import hparams
+    from torch.utils.tensorboard.writer import FileWriter
 
-    from src.callbacks.pictures import tensorboard
-
-    writer = tensorboard(trainer)
-    if writer is None:
-        return
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    file_writer = writer._get_file_writer()
-    for summary in hparams(params, metrics):
-        file_writer.add_summary(summary)
-    file_writer.flush()
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            params = flatten(OmegaConf.to_container(cfg, resolve=True))
+            # An event file of its own beside the run's: the logger's writer is closed by now.
+            writer = FileWriter(logger.log_dir)
+            for summary in hparams(params, metrics):
+                writer.add_summary(summary)
+            writer.close()
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, float | int | str | bool]:

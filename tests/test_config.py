@@ -3,43 +3,63 @@
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from src.config import register
+from src.config import ACTIVATIONS, DATASETS, GATES, register, validate
 from src.data import MNISTDataModule
+from src.data.logic_gates import TRUTH_TABLES
+from src.data.mnist import DATASETS as DATASET_CLASSES
+from src.models import CNN, MLP, DigitClassifier, LogicGateNet
 from src.modules import DigitModule, GateModule
 from tests.conftest import REPO
 
 
-def compose_train(*overrides: str):
+def compose_train(*overrides: str, hydra: bool = False):
     register()  # the schemas the YAML files build on, as `python -m src.train` does on import
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
-def build_optimizer(cfg) -> torch.optim.Optimizer:
-    model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer))
-    return model.configure_optimizers()
+def build(cfg):
+    """The module as src/train.py builds it: with its optimizer and schedule."""
+    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
+    return instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def test_mnist_sgd_is_the_primer_protocol():
     cfg = compose_train("+experiment=mnist_sgd")
-    optimizer = build_optimizer(cfg)
+    model = build(cfg)
+    assert isinstance(model, DigitModule) and isinstance(model.net, DigitClassifier)
+    assert n_params(model) == 101_770
+    optimizer = model.optimizer_factory(model.parameters())
     assert type(optimizer) is torch.optim.SGD
     assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["momentum"] == 0
     assert cfg.data.batch_size == 64 and cfg.data.normalize is False
     assert cfg.trainer.max_epochs == 5 and cfg.trainer.accelerator == "auto"
     assert cfg.data.val_size == 5000 and cfg.data.data_dir == "data"
-    model = instantiate(cfg.model)
-    assert isinstance(model, DigitModule)
-    assert sum(p.numel() for p in model.parameters()) == 101_770
+    assert cfg.monitor == {"metric": "val/acc", "mode": "max"}
 
 
 def test_mnist_adam_changes_only_the_optimizer():
     sgd, adam = compose_train("+experiment=mnist_sgd"), compose_train("+experiment=mnist_adam")
-    optimizer = build_optimizer(adam)
+    model = build(adam)
+    optimizer = model.optimizer_factory(model.parameters())
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 0.001
     assert adam.data == sgd.data and adam.trainer == sgd.trainer and adam.model == sgd.model
+
+
+def test_mnist_cnn_swaps_the_network_only():
+    cnn = compose_train("+experiment=mnist_cnn")
+    adam = compose_train("+experiment=mnist_adam")
+    assert isinstance(build(cnn).net, CNN)
+    assert cnn.optimizer == adam.optimizer and cnn.data == adam.data
+    assert cnn.trainer.max_epochs == 5
 
 
 @pytest.mark.parametrize(("gate", "hidden", "lr"), [("nand", 3, 0.5), ("xor", 4, 1.0)])
@@ -47,10 +67,13 @@ def test_gate_experiments(gate, hidden, lr):
     cfg = compose_train(f"+experiment={gate}")
     assert cfg.data.gate == gate and cfg.trainer.max_steps == 4000
     assert cfg.trainer.accelerator == "cpu"
-    model = instantiate(cfg.model)
-    assert isinstance(model, GateModule) and model.net.hidden.out_features == hidden
-    assert build_optimizer(cfg).defaults["lr"] == lr
+    model = build(cfg)
+    assert isinstance(model, GateModule) and isinstance(model.net, LogicGateNet)
+    assert model.net.hidden.out_features == hidden
+    assert model.optimizer_factory.keywords["lr"] == lr
+    assert cfg.monitor == {"metric": "val/loss", "mode": "min"}
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    assert "gate_pictures" in cfg.callbacks and "digit_pictures" not in cfg.callbacks
 
 
 def test_overrides_a_user_types():
@@ -58,8 +81,8 @@ def test_overrides_a_user_types():
         "+experiment=mnist_sgd",
         "optimizer=adamw",
         "optimizer.lr=0.1",
-        "model.hidden_dim=256",
-        "model.activation=gelu",
+        "model.net.hidden_dim=256",
+        "model.net.activation=gelu",
         "data.batch_size=128",
         "data.data_dir=/somewhere",
         "data.normalize=true",
@@ -68,25 +91,58 @@ def test_overrides_a_user_types():
         "seed=7",
         "ckpt_path=/runs/x/checkpoints/last.ckpt",
     )
-    optimizer = build_optimizer(cfg)
+    model = build(cfg)
+    optimizer = model.optimizer_factory(model.parameters())
     assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["lr"] == 0.1
-    model = instantiate(cfg.model)
-    assert model.net.net[1].out_features == 256 and isinstance(model.net.net[2], torch.nn.GELU)
+    assert model.net.hidden.out_features == 256 and isinstance(model.net.act, torch.nn.GELU)
     data = instantiate(cfg.data)
     assert isinstance(data, MNISTDataModule)
-    assert (data.batch_size, data.data_dir, data.normalize, data.seed) == (
-        128,
-        "/somewhere",
-        True,
-        7,
-    )
+    assert (data.batch_size, data.data_dir, data.seed) == (128, "/somewhere", 7) and data.normalize
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.max_epochs == 10
     assert cfg.ckpt_path == "/runs/x/checkpoints/last.ckpt"
 
 
+def test_any_network_by_config():
+    mlp = build(compose_train("+experiment=mnist_sgd", "model/net=mlp",
+                              "model.net.hidden_dims=[64,32,16]"))  # fmt: skip
+    assert isinstance(mlp.net, MLP)
+    assert [layer.out_features for layer in mlp.net.hidden[::2]] == [64, 32, 16]
+    custom = build(compose_train(
+        "+experiment=mnist_sgd", "model/net=custom", "model.net._target_=src.models.CNN",
+        "+model.net.channels=[4]", "+model.net.hidden_dim=8", "+model.net.activation=relu",
+    ))  # fmt: skip
+    assert isinstance(custom.net, CNN) and custom.net.hidden.out_features == 8
+
+
+def test_trainer_flags_lightning_documents_are_typed():
+    cfg = compose_train(
+        "+experiment=mnist_sgd", "trainer.gradient_clip_val=0.5",
+        "trainer.gradient_clip_algorithm=value", "trainer.accumulate_grad_batches=4",
+        "trainer.val_check_interval=0.25", "trainer.limit_train_batches=100",
+        "trainer.precision=bf16-mixed", "trainer.profiler=simple", "trainer.max_time=00:01:00:00",
+        "paths.output_dir=/tmp/run",  # what Hydra's runtime would give
+    )  # fmt: skip
+    validate(cfg)
+    assert cfg.trainer.gradient_clip_val == 0.5 and cfg.trainer.accumulate_grad_batches == 4
+    with pytest.raises(ConfigCompositionException, match="gradient_clip_vall"):
+        compose_train("+experiment=mnist_sgd", "trainer.gradient_clip_vall=1")
+    unknown = compose_train("+experiment=mnist_sgd", "+trainer.foo=1", "paths.output_dir=/tmp")
+    with pytest.raises(ValueError, match="trainer.foo is not a setting"):
+        validate(unknown)
+
+
+@pytest.mark.parametrize("name", ["none", "cosine", "onecycle", "step", "plateau"])
+def test_every_schedule_builds_with_its_optimizer(name):
+    cfg = compose_train("+experiment=mnist_sgd", f"scheduler={name}")
+    validate(OmegaConf.masked_copy(cfg, ["scheduler", "optimizer"]))
+    model = build(cfg)
+    assert model.scheduler["interval"] == ("step" if name in ("cosine", "onecycle") else "epoch")
+    assert model.scheduler["name"] == "train/lr"
+
+
 def test_sgd_momentum_and_cpu_trainer():
     cfg = compose_train("+experiment=mnist_sgd", "optimizer.momentum=0.9", "trainer=cpu")
-    assert build_optimizer(cfg).defaults["momentum"] == 0.9
+    assert build(cfg).optimizer_factory.keywords["momentum"] == 0.9
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.max_epochs == 5
 
 
@@ -97,13 +153,13 @@ def test_fashion_mnist_uses_the_same_datamodule():
     assert cfg.data.batch_size == 64
 
 
+def test_the_config_vocabulary_matches_the_code():
+    assert set(GATES) == set(TRUTH_TABLES) and set(DATASETS) == set(DATASET_CLASSES)
+    assert "relu" in ACTIVATIONS
+
+
 def test_sweep_presets_name_their_grids():
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        register()
-        cfg = compose(
-            "train", overrides=["+experiment=mnist_sgd", "+sweep=mnist_optimizers"],
-            return_hydra_config=True,
-        )  # fmt: skip
+    cfg = compose_train("+experiment=mnist_sgd", "+sweep=mnist_optimizers", hydra=True)
     assert dict(cfg.hydra.sweeper.params) == {
         "optimizer": "sgd,adam",
         "optimizer.lr": "0.1,0.01,0.001",

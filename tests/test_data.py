@@ -13,9 +13,12 @@ from src.data.logic_gates import TRUTH_TABLES
 from src.data.mnist import DatasetUnavailable
 from tests.conftest import make_mnist_files
 
+SETTINGS = {"dataset": "mnist", "batch_size": 64, "eval_batch_size": 5000, "val_size": 100,
+            "split_seed": 0, "normalize": False, "download": True, "seed": 0}  # fmt: skip
+
 
 def make_dm(data_dir, **kwargs) -> MNISTDataModule:
-    dm = MNISTDataModule(data_dir=str(data_dir), val_size=100, **kwargs)
+    dm = MNISTDataModule(data_dir=str(data_dir), **(SETTINGS | kwargs))
     dm.prepare_data()  # files present: torchvision must not touch the network
     dm.setup("fit")
     return dm
@@ -58,12 +61,9 @@ def test_split_depends_on_split_seed_only(tiny_mnist):
 
 
 def test_train_batches_cover_the_split_once_per_epoch_in_a_seeded_order(tiny_mnist):
-    dm = make_dm(tiny_mnist, batch_size=64, batches_per_call=3, seed=3)
-    loader = dm.train_dataloader()
-    calls = list(loader)  # each training_step call gets 3 minibatches (the last one the rest)
-    assert [len(call) for call in calls] == [3, 3, 2]
-    batches = [batch for call in calls for batch in call]
-    assert len(batches) == math.ceil(500 / 64)
+    dm = make_dm(tiny_mnist, batch_size=64, seed=3)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == len(dm.train_dataloader()) == math.ceil(500 / 64)
     assert [len(y) for _, y in batches] == [64] * 7 + [500 - 7 * 64]
     x, y = batches[0]
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -73,16 +73,11 @@ def test_train_batches_cover_the_split_once_per_epoch_in_a_seeded_order(tiny_mni
     def first_labels(epoch, seed=3):
         loader = make_dm(tiny_mnist, batch_size=64, seed=seed).train_dataloader()
         loader.sampler.set_epoch(epoch)
-        return next(iter(next(iter(loader))))[1]
+        return next(iter(loader))[1]
 
     assert torch.equal(first_labels(0), y)  # same seed, same epoch: same order
     assert not torch.equal(first_labels(1), y)  # the next epoch reshuffles
     assert not torch.equal(first_labels(0, seed=4), y)  # another seed, another order
-
-    # Grouping changes only how many minibatches a call gets, never the minibatches.
-    ungrouped = make_dm(tiny_mnist, batch_size=64, batches_per_call=1, seed=3).train_dataloader()
-    for (x1, y1), (x2, y2) in zip((b for call in ungrouped for b in call), batches, strict=True):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
 def test_eval_loaders_keep_the_order(tiny_mnist):
@@ -110,29 +105,27 @@ def test_fashion_mnist_reads_its_own_folder(tmp_path):
 
 
 def test_missing_files_name_the_folder(tmp_path):
-    dm = MNISTDataModule(data_dir=str(tmp_path), download=False)
+    dm = MNISTDataModule(data_dir=str(tmp_path), **(SETTINGS | {"download": False}))
     with pytest.raises(DatasetUnavailable, match=str(tmp_path / "MNIST" / "raw")):
         dm.setup("fit")
 
 
 def test_validation_split_larger_than_the_training_set_is_refused(tiny_mnist):
     with pytest.raises(ValueError, match="data.val_size=600"):
-        MNISTDataModule(data_dir=str(tiny_mnist), val_size=600).setup("fit")
+        MNISTDataModule(data_dir=str(tiny_mnist), **(SETTINGS | {"val_size": 600})).setup("fit")
 
 
 def test_unknown_dataset_names_the_valid_ones():
-    with pytest.raises(ValueError, match="data.dataset='kmnist'.*mnist, fashion_mnist"):
-        MNISTDataModule(dataset="kmnist")
+    with pytest.raises(ValueError, match="dataset 'kmnist' is not one of: mnist, fashion_mnist"):
+        MNISTDataModule(data_dir="data", **(SETTINGS | {"dataset": "kmnist"}))
 
 
 @pytest.mark.parametrize("gate", sorted(TRUTH_TABLES))
 def test_gate_loader_serves_the_whole_table_steps_per_epoch_times(gate):
-    dm = LogicGateDataModule(gate=gate, steps_per_epoch=7, batches_per_call=3)
+    dm = LogicGateDataModule(gate=gate, steps_per_epoch=7)
     dm.setup("fit")
-    calls = list(dm.train_dataloader())
-    assert [len(call) for call in calls] == [3, 3, 1] == [len(list(call)) for call in calls]
-    steps = [step for call in calls for step in call]
-    assert len(steps) == 7
+    steps = list(dm.train_dataloader())
+    assert len(steps) == len(dm.train_dataloader()) == 7
     for x, y in steps:
         assert x.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
         assert y.flatten().tolist() == list(TRUTH_TABLES[gate])

@@ -66,11 +66,11 @@ def test_digit_pictures_have_the_right_sizes(digit_run):
     assert (matrix.width, matrix.height) == (600, 550)
     assert mistakes.width == 840 and mistakes.height >= 160
     histograms = events.Tags()["histograms"]
-    for name in ("net.1.weight", "net.1.bias", "net.3.weight", "net.3.bias"):
+    for name in ("hidden.weight", "hidden.bias", "out.weight", "out.bias"):
         assert len(events.Histograms(f"weights/{name}")) == 2
         assert f"gradients/{name}" in histograms
-    assert len(events.Scalars("lr-SGD")) == 2
-    assert events.Scalars("lr-SGD")[-1].value == pytest.approx(0.01)
+    assert len(events.Scalars("train/lr")) == 2
+    assert events.Scalars("train/lr")[-1].value == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("values", [torch.randn(784 * 128) * 0.03, torch.full((10,), 0.25)])
@@ -106,7 +106,7 @@ def test_histograms_can_be_turned_off(tiny_mnist, tmp_path):
 def test_gate_pictures_show_training_moments_and_hidden_activations(gate_run):
     events = load_events(gate_run)
     surfaces = events.Images("pictures/output_surface")
-    assert [image.step for image in surfaces] == [100, 1000, 2000]  # epochs 1, 10 and 20
+    assert [image.step for image in surfaces] == [0, 1000, 2000]  # the start, each epoch's end
     assert all(image.width > 300 and image.height > 300 for image in surfaces)
     (hidden,) = events.Images("pictures/hidden_activations")
     assert hidden.step == 2000 and hidden.width > 100
@@ -147,7 +147,7 @@ def test_tensorboard_server_serves_the_runs_scalars_and_images(digit_run):
                 pass
             assert time.monotonic() < deadline, "TensorBoard did not come up"
             time.sleep(0.5)
-        assert {"val/acc", "train/loss", "lr-SGD"} <= set(scalar_tags["."])
+        assert {"val/acc", "train/loss", "train/lr"} <= set(scalar_tags["."])
         points = json.loads(get(f"{base}/plugin/scalars/scalars?run=.&tag=val/acc"))
         assert len(points) == 2  # [wall_time, step, value] per epoch
         assert points[-1][2] == pytest.approx(read_metrics(digit_run)["val/acc"])
@@ -181,7 +181,8 @@ def test_report_for_a_run(digit_run):
 def test_report_for_a_sweep(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(
-        [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "trainer.max_steps=300",
+        [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
+         "trainer.max_steps=300",
          "optimizer.lr=0.5,2.0", f"hydra.sweep.dir={tmp_path}"],
         cwd=REPO, env=env, check=True, capture_output=True,
     )  # fmt: skip

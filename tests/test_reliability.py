@@ -86,15 +86,15 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(base, uninterrupted, 
 
 
 def test_divergence_stops_the_run_with_a_clear_message(base, tmp_path):
-    overrides = ("optimizer.lr=1e6", "data.batches_per_call=8", f"hydra.run.dir={tmp_path}")
+    overrides = ("optimizer.lr=1e6", "trainer.log_every_n_steps=8", f"hydra.run.dir={tmp_path}")
     proc = run_train(*base, *overrides, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1
     assert "Traceback" not in output
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "diverged"
-    # Stopped within the training_step call where it happened (8 steps), not at epoch end.
-    assert metrics["epochs"] == 0 and metrics["steps"] == 8
+    # Found at the first logging step (the 8th), before it is taken; not at the epoch's end.
+    assert metrics["epochs"] == 0 and metrics["steps"] == 7
     step = int(re.search(r"at step (\d+) ", metrics["error"])[1])
     assert 1 <= step <= 8
     assert "learning rate 1e+06" in metrics["error"] and metrics["error"] in output
@@ -132,11 +132,18 @@ BAD_INPUT = {
     "wrong type": (["optimizer.lr=abc"], ["optimizer.lr", "'abc'"]),
     "negative lr": (["optimizer.lr=-1"], ["optimizer.lr=-1.0", "must be > 0"]),
     "zero batch": (["data.batch_size=0"], ["data.batch_size=0", "at least 1"]),
-    "zero per call": (["data.batches_per_call=0"], ["data.batches_per_call=0", "at least 1"]),
-    "gradient clipping": (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val=1.0"]),
+    "zero per call": (["model.steps_per_call=0"], ["model.steps_per_call=0", "at least 1"]),
+    "val_check_interval": (["trainer.val_check_interval=2.5"], ["trainer.val_check_interval=2.5",
+                                                                 "fraction of the epoch"]),
+    "limit_train_batches": (["trainer.limit_train_batches=-1"],
+                            ["trainer.limit_train_batches=-1", "number of batches"]),
+    "accumulate": (["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0"]),
+    "unknown schedule": (["scheduler=cosinee"], ["Could not find 'scheduler/cosinee'", "onecycle"]),
+    "unknown trainer flag": (["+trainer.foo=1"], ["trainer.foo is not a setting"]),
     "val too large": (["data.val_size=3000"], ["data.val_size=3000", "3000 images"]),
     "unknown key": (["optimizer.lrr=0.1"], ["optimizer.lrr"]),
-    "unknown activation": (["model.activation=swish"], ["model.activation='swish'", "gelu"]),
+    "unknown activation": (["model.net.activation=swish"], ["model.net.activation='swish'",
+                                                             "gelu"]),  # fmt: skip
     "missing ckpt": (["ckpt_path=/no/such/last.ckpt"], ["ckpt_path=/no/such/last.ckpt does not"]),
     "not a ckpt": ([f"ckpt_path={REPO / 'README.md'}"], ["not a PyTorch/Lightning checkpoint"]),
     "unsafe ckpt": (["ckpt_path=EVIL"], ["refused by weights-only loading"]),
@@ -200,13 +207,13 @@ def test_bad_input_is_refused_with_one_message(case, base, tmp_path):
 
 def test_ddp_on_two_cpu_processes_writes_one_run_with_reduced_metrics(tiny_mnist, tmp_path):
     overrides = ("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "data.val_size=100")
-    # Groups of 3 minibatches per training_step call: several synced optimizer steps per call.
     weights = (
         "+callbacks.rank_weights._target_=tests.rank_weights.RankWeights",
         f"+callbacks.rank_weights.out_dir={tmp_path / 'weights'}",
     )
-    run_train(*overrides, *weights, "trainer=ddp_cpu", "trainer.max_epochs=2",
-              "data.batches_per_call=3", cwd=tmp_path)  # fmt: skip
+    proc = run_train(*overrides, *weights, "trainer=ddp_cpu", "trainer.max_epochs=2", cwd=tmp_path)
+    # Each step needs its gradients synced: one optimizer step per training_step call.
+    assert "one optimizer step per training_step call, as the DDPStrategy" in proc.stdout
     rank0, rank1 = (torch.load(tmp_path / "weights" / f"rank{r}.pt") for r in (0, 1))
     for name, value in rank0.items():  # each rank trained on its own half of the data
         assert torch.equal(value, rank1[name]), name

@@ -93,9 +93,9 @@ def test_a_diverging_job_does_not_end_the_sweep(tiny_mnist, tmp_path):
 
 
 def test_a_failing_job_is_recorded_and_the_others_run(tiny_mnist, tmp_path):
-    run_sweep(tiny_mnist, "model.activation=relu,swish", f"hydra.sweep.dir={tmp_path}")
+    run_sweep(tiny_mnist, "model.net.activation=relu,swish", f"hydra.sweep.dir={tmp_path}")
     failed = read_metrics(tmp_path / "1")
-    assert failed["status"] == "failed" and "model.activation='swish'" in failed["error"]
+    assert failed["status"] == "failed" and "model.net.activation='swish'" in failed["error"]
     assert read_metrics(tmp_path / "0")["status"] == "completed"
     assert [row["status"] for row in read_summary(tmp_path)] == ["completed", "failed"]
 
@@ -120,7 +120,8 @@ def test_running_a_sweep_again_resumes_it(tiny_mnist, tmp_path):
 def test_joblib_launcher_and_two_sweeps_at_once(tmp_path, tiny_mnist):
     """Two sweeps started together, each with two parallel jobs: four directories, no clash."""
     cmd = [
-        sys.executable, "-m", "src.train", "-m", "+experiment=nand", "trainer.max_steps=50",
+        sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=50",
+        "trainer.max_steps=50",
         "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -143,7 +144,8 @@ def test_optuna_search_returns_the_optimized_metric(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [
         sys.executable, "-m", "src.train", "-m", "+experiment=nand", "hparams_search=nand_optuna",
-        "hydra.sweeper.n_trials=2", "trainer.max_steps=100", f"hydra.sweep.dir={tmp_path}",
+        "hydra.sweeper.n_trials=2", "data.steps_per_epoch=100", "trainer.max_steps=100",
+        f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

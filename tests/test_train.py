@@ -82,7 +82,7 @@ def test_tensorboard_reads_back_every_curve(mnist_run):
 
     assert xs("train/loss_step") == list(range(steps))
     assert xs("train/loss") == xs("train/acc") == xs("val/acc") == [7, 15]
-    assert xs("lr-SGD") == [0, 8]
+    assert xs("train/lr") == [0, 8]
     assert counts["test/loss"] == counts["test/acc"] == 1
     assert "hp_metric" not in counts
     metrics = read_metrics(run_dir)
@@ -96,7 +96,7 @@ def test_hparams_carry_the_config_and_real_final_metrics(mnist_run):
     params, metric_tags = read_hparams(events)
     assert params["optimizer.lr"] == pytest.approx(0.01)
     assert params["data.batch_size"] == 64
-    assert params["model.activation"] == "relu"
+    assert params["model.net.activation"] == "relu"
     assert set(metric_tags) == {
         "train/loss",
         "train/acc",
@@ -110,19 +110,30 @@ def test_hparams_carry_the_config_and_real_final_metrics(mnist_run):
         assert events.Scalars(tag)[-1].value == pytest.approx(metrics[tag]), tag
 
 
-def test_grouping_minibatches_changes_nothing_learned(tiny_mnist, tmp_path):
-    """However many minibatches a training_step call runs, and wherever max_steps stops inside a
-    call, the same steps happen: the weights come out bit for bit equal."""
-    common = ("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "trainer.max_steps=13", *TINY)
-    checkpoints = []
+def test_grouped_steps_change_nothing_a_user_can_see(tiny_mnist, tmp_path):
+    """The default run takes up to 100 optimizer steps per training_step call; with
+    model.steps_per_call=1 it takes Lightning's usual one. Wherever max_steps stops inside a call,
+    the same steps happen: bit-identical weights, the same records, every logged value at the
+    same step."""
+    common = ("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "trainer.max_steps=13",
+              "trainer.max_epochs=-1", *TINY)  # fmt: skip
+    runs = {}
     for per_call in (1, 5, 100):
         run_dir = tmp_path / str(per_call)
-        run_train(*common, f"data.batches_per_call={per_call}", f"hydra.run.dir={run_dir}")
-        checkpoints.append(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False))
-        assert read_metrics(run_dir)["steps"] == checkpoints[-1]["global_step"] == 13
-    for other in checkpoints[1:]:
-        for name, value in checkpoints[0]["state_dict"].items():
-            assert torch.equal(value, other["state_dict"][name]), name
+        run_train(*common, f"model.steps_per_call={per_call}", f"hydra.run.dir={run_dir}")
+        events = load_events(run_dir)
+        runs[per_call] = (
+            torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True),
+            {k: v for k, v in read_metrics(run_dir).items() if not k.endswith("seconds")},
+            {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+             for tag in events.Tags()["scalars"]},  # fmt: skip
+        )
+        assert runs[per_call][1]["steps"] == runs[per_call][0]["global_step"] == 13
+    (ckpt, record, curves) = runs[1]
+    for other_ckpt, other_record, other_curves in (runs[5], runs[100]):
+        assert other_record == record and other_curves == curves
+        for name, value in ckpt["state_dict"].items():
+            assert torch.equal(value, other_ckpt["state_dict"][name]), name
 
 
 def test_runs_started_together_get_their_own_directories(tmp_path):

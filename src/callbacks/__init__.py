@@ -2,6 +2,7 @@
 
 from src.callbacks.epoch_table import EpochTable
 from src.callbacks.pictures import DigitPictures, GatePictures
+from src.callbacks.progress import EpochProgressBar
 from src.callbacks.truth_table import TruthTable
 
-__all__ = ["DigitPictures", "EpochTable", "GatePictures", "TruthTable"]
+__all__ = ["DigitPictures", "EpochProgressBar", "EpochTable", "GatePictures", "TruthTable"]

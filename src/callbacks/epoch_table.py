@@ -1,6 +1,7 @@
-"""The primer's end-of-run table: one row per epoch with loss and accuracies."""
+"""The primer's end-of-run table: one row per epoch with its losses, accuracies and time."""
 
 import math
+import time
 
 import lightning as L
 
@@ -13,19 +14,32 @@ COLUMNS = (
 
 
 class EpochTable(L.Callback):
-    """Keeps every epoch's metrics and formats them as a table.
+    """Keeps every epoch's metrics and duration, and formats them as a table.
 
-    The rows travel in checkpoints, so a resumed run still knows (and prints) its whole history.
+    The rows travel in checkpoints, so a resumed run still knows (and prints) its whole history,
+    and `train_seconds` covers every epoch it ever trained.
     """
 
     def __init__(self):
         self.rows: list[dict[str, float]] = []
+        self.clock = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch + 1}
+        now = time.perf_counter()
+        # From the end of the previous epoch (or the start of training): validation included.
+        row = {"epoch": trainer.current_epoch + 1, "seconds": now - self.clock}
         row.update({key: float(metrics[key]) for key, _ in COLUMNS if key in metrics})
         self.rows.append(row)
+        self.clock = now
+
+    @property
+    def train_seconds(self) -> float:
+        """The time of every epoch in the table, validation included."""
+        return sum(row["seconds"] for row in self.rows)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -35,12 +49,13 @@ class EpochTable(L.Callback):
 
     def render(self, test: dict[str, float | None]) -> str:
         """The table as text, with the test metrics underneath."""
-        header = ["epoch"] + [title for _, title in COLUMNS]
+        header = ["epoch"] + [title for _, title in COLUMNS] + ["seconds"]
         lines = ["  ".join(f"{h:>9}" for h in header)]
         for row in self.rows:
             cells = [f"{row['epoch']:>9}"] + [
                 f"{format_metric(key, row.get(key)):>9}" for key, _ in COLUMNS
             ]
+            cells.append(f"{row['seconds']:>9.1f}")
             lines.append("  ".join(cells))
         for key in ("test/loss", "test/acc"):
             if key in test:

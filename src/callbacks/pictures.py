@@ -1,13 +1,9 @@
 """Pictures of what a network learned, written to TensorBoard's IMAGES and HISTOGRAMS tabs."""
 
-import io
-
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
-from PIL import Image
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.nn.functional import pad
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -49,27 +45,31 @@ def add_histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
     )
 
 
-def add_gray_image(writer, tag: str, image: torch.Tensor, step: int) -> None:
-    """A (H, W) image in [0, 1] written as a one-channel PNG. SummaryWriter.add_image always
-    encodes three channels: three times the work for the same picture, every epoch."""
-    buffer = io.BytesIO()
-    Image.fromarray(image.mul(255).round().byte().numpy(), mode="L").save(buffer, format="PNG")
-    height, width = image.shape
-    png = Summary.Image(
-        height=height, width=width, colorspace=1, encoded_image_string=buffer.getvalue()
-    )
-    summary = Summary(value=[Summary.Value(tag=tag, image=png)])
-    writer._get_file_writer().add_summary(summary, step)
+def first_layer_patterns(net: torch.nn.Module) -> torch.Tensor | None:
+    """What the network's first layer looks for in an image, as (N, h, w) pictures: a dense
+    layer's weights per unit over the 28×28 pixels, or a convolution's filters; None otherwise."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.Linear) and module.in_features == 28 * 28:
+            return module.weight.detach().cpu().view(-1, 28, 28)
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1:
+            return module.weight.detach().cpu()[:, 0]
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            return None  # the first layer sees something other than the image itself
+    return None
 
 
 class DigitPictures(L.Callback):
-    """MNIST runs: first-layer weights as 28×28 images and weight/gradient histograms each epoch;
-    after testing, the confusion matrix and the most confidently misclassified test digits.
+    """MNIST runs: the first layer's weights (or filters) as images and weight/gradient histograms
+    each epoch; after testing, the confusion matrix and the most confidently misclassified digits.
 
-    Each hidden neuron's weights are the pattern it measures the input's similarity to.
+    Each hidden unit's weights are the pattern it measures the input's similarity to.
     """
 
-    def __init__(self, histograms: bool = True, mistakes: int = 36):
+    # Its on_train_batch_end looks only at the epoch's last step, on which a group of steps per
+    # training_step call always ends (src/modules/grouping.py).
+    epoch_level_step_hooks = True
+
+    def __init__(self, histograms: bool, mistakes: int = 36):
         self.histograms = histograms
         self.mistakes = mistakes
 
@@ -78,14 +78,15 @@ class DigitPictures(L.Callback):
         if writer is None or not trainer.is_global_zero:
             return
         step = trainer.global_step
-        first = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Linear))
-        weights = first.weight.detach().cpu()
-        # Each pattern stretched to the full gray range on its own, as its sign and scale vary.
-        low, high = weights.aminmax(dim=1, keepdim=True)
-        patterns = ((weights - low) / (high - low).clamp_min(1e-5)).view(-1, 28, 28)
-        # 2-pixel white lines between and around the patterns, as torchvision's make_grid draws.
-        grid = pad(tile(patterns, cols=16, margins=(1, 1, 1, 1)), (1, 1, 1, 1), value=1.0)
-        add_gray_image(writer, "pictures/first_layer_weights", grid, step)
+        patterns = first_layer_patterns(pl_module.net)
+        if patterns is not None:
+            # Each pattern stretched to the full gray range on its own, as its sign and scale vary.
+            flat = patterns.flatten(1)
+            low, high = flat.aminmax(dim=1, keepdim=True)
+            patterns = ((flat - low) / (high - low).clamp_min(1e-5)).view_as(patterns)
+            # 2-pixel white lines between and around the patterns, as torchvision's make_grid draws.
+            grid = pad(tile(patterns, cols=16, margins=(1, 1, 1, 1)), (1, 1, 1, 1), value=1.0)
+            writer.add_image("pictures/first_layer_weights", grid, step, dataformats="HW")
         if self.histograms:
             for name, param in pl_module.net.named_parameters():
                 add_histogram(writer, f"weights/{name}", param.cpu(), step)
@@ -172,32 +173,35 @@ def mistakes_figure(x, y, pred, confidence, order: torch.Tensor, cols: int = 6) 
 
 class GatePictures(L.Callback):
     """Logic-gate runs: the net's output over the unit square with the four truth-table points
-    after the first training call and every `every_n_steps` steps, and the hidden layer's
-    activations for the four inputs at the end.
+    before training and after every epoch, and at the end the activations of its first hidden
+    layer (the output of its first activation module) for the four inputs.
 
     The surfaces are computed as training goes (one forward pass over a grid) but drawn when fit
     ends: a matplotlib figure takes longer to draw than a thousand steps of these nets.
     """
 
-    def __init__(self, every_n_steps: int = 1000, resolution: int = 64):
-        self.every_n_steps = every_n_steps
+    def __init__(self, resolution: int):
         self.resolution = resolution
         self.surfaces: list[tuple[int, torch.Tensor]] = []  # (step, output grid)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step, every = trainer.global_step, self.every_n_steps
-        if self.surfaces and step // every == self.surfaces[-1][0] // every:
-            return
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.surfaces = []
+        self.capture(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.capture(trainer, pl_module)
+
+    def capture(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         x, _ = trainer.datamodule.table.tensors
         axis = torch.linspace(0, 1, self.resolution, device=x.device)
         grid = torch.cartesian_prod(axis, axis)  # (x1, x2) pairs, x1 varying slowest
         with torch.no_grad():
             surface = pl_module(grid).view(self.resolution, self.resolution).T.cpu()
-        self.surfaces.append((step, surface))
+        self.surfaces.append((trainer.global_step, surface))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard(trainer)
-        if writer is None:
+        if writer is None or not trainer.is_global_zero:
             return
         x, y = (t.cpu() for t in trainer.datamodule.table.tensors)
         for step, surface in self.surfaces:
@@ -215,8 +219,9 @@ class GatePictures(L.Callback):
             writer.add_figure("pictures/output_surface", fig, step)
         self.surfaces = []
 
-        with torch.no_grad():
-            hidden = pl_module.net.hidden_activations(trainer.datamodule.table.tensors[0]).cpu()
+        hidden = hidden_activations(pl_module.net, trainer.datamodule.table.tensors[0])
+        if hidden is None:
+            return
         fig = Figure(figsize=(1.2 + 0.7 * hidden.shape[1], 3))
         ax = fig.subplots()
         ax.imshow(hidden, vmin=0, vmax=1, cmap="viridis")
@@ -229,3 +234,24 @@ class GatePictures(L.Callback):
                xticks=range(hidden.shape[1]), title="hidden activations")  # fmt: skip
         fig.tight_layout()
         writer.add_figure("pictures/hidden_activations", fig, trainer.global_step)
+
+
+ACTIVATION_LAYERS = (
+    torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.ReLU, torch.nn.GELU, torch.nn.LeakyReLU,
+)  # fmt: skip
+
+
+def hidden_activations(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The output of the net's first activation layer for the inputs `x`, (B, units) on the CPU;
+    None when it has no such layer (a net without a hidden layer, or a functional activation)."""
+    layer = next((m for m in net.modules() if isinstance(m, ACTIVATION_LAYERS)), None)
+    if layer is None:
+        return None
+    seen = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+    return seen[0].flatten(1).cpu() if seen else None

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
-from src.config import ConfigError, InputError
-from src.data.tensors import EpochShuffle, TensorBatches, keep_batch, training_loader
+from src.data.tensors import EpochShuffle, TensorBatches
+from src.errors import ConfigError, InputError
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
 
@@ -26,24 +26,23 @@ class MNISTDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str = "data",
-        dataset: str = "mnist",
-        batch_size: int = 64,
-        batches_per_call: int = 100,
-        eval_batch_size: int = 5000,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        normalize: bool = False,
-        download: bool = True,
-        seed: int = 0,
+        *,
+        data_dir: str,
+        dataset: str,
+        batch_size: int,
+        eval_batch_size: int,
+        val_size: int,
+        split_seed: int,
+        normalize: bool,
+        download: bool,
+        seed: int,
     ):
         super().__init__()
         if dataset not in DATASETS:
-            raise ConfigError(f"data.dataset={dataset!r} is not one of: {', '.join(DATASETS)}")
+            raise ValueError(f"dataset {dataset!r} is not one of: {', '.join(DATASETS)}")
         self.data_dir = data_dir
         self.dataset_cls = DATASETS[dataset]
         self.batch_size = batch_size
-        self.batches_per_call = batches_per_call
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.split_seed = split_seed
@@ -131,14 +130,13 @@ class MNISTDataModule(L.LightningDataModule):
                 )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffle(len(self.train_set), self.seed)
-        return training_loader(self.train_set, self.batch_size, self.batches_per_call, sampler)
+        return self.train_set.loader(self.batch_size, EpochShuffle(len(self.train_set), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.eval_batch_size, collate_fn=keep_batch)
+        return self.val_set.loader(self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.eval_batch_size, collate_fn=keep_batch)
+        return self.test_set.loader(self.eval_batch_size)
 
 
 def check_idx_size(path: Path) -> None:

@@ -24,77 +24,28 @@ class TensorBatches(Dataset):
         return tuple(t[index] for t in self.tensors)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        first = indices[0]
-        if indices == list(range(first, first + len(indices))):
+        first, last = indices[0], indices[-1]
+        if last - first == len(indices) - 1 and indices == list(range(first, last + 1)):
             # In order, as evaluation reads: a view, not a copy.
             return tuple(t[first : first + len(indices)] for t in self.tensors)
+        # index_select, not t[index]: on the CPU it copies a minibatch of images in half the time
+        # of advanced indexing, for the same values.
         index = torch.as_tensor(indices, device=self.tensors[0].device)
-        return gather(self.tensors, index)
+        return tuple(t.index_select(0, index) for t in self.tensors)
 
     def to(self, device: torch.device | str) -> "TensorBatches":
         """Move every tensor to `device` (a no-op when already there)."""
         self.tensors = tuple(t.to(device) for t in self.tensors)
         return self
 
-
-def gather(tensors: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The rows `index` of each tensor. index_select, not `t[index]`: on the CPU it copies a
-    minibatch of images in half the time of advanced indexing, for the same values."""
-    return tuple(t.index_select(0, index) for t in tensors)
+    def loader(self, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        """Batches of `batch_size` in the sampler's order (or in order), already stacked."""
+        return DataLoader(self, batch_size=batch_size, sampler=sampler, collate_fn=keep_batch)
 
 
 def keep_batch(batch):
     """Collate function that keeps what `__getitems__` built: the batch is already stacked."""
     return batch
-
-
-def training_loader(
-    data: TensorBatches, batch_size: int, batches_per_call: int, sampler: Sampler
-) -> DataLoader:
-    """Minibatches of `batch_size` in the sampler's order, handed over `batches_per_call` at a
-    time: one `training_step` call runs them all (see `SupervisedModule`). The minibatches are
-    exactly those an ungrouped loader would give."""
-    return DataLoader(
-        MinibatchGroups(data, batch_size),
-        batch_size=batch_size * batches_per_call,
-        sampler=sampler,
-        collate_fn=keep_batch,
-    )
-
-
-class MinibatchGroups(Dataset):
-    """Training view of a `TensorBatches`: a DataLoader batch of indices becomes `Minibatches`."""
-
-    def __init__(self, data: TensorBatches, batch_size: int):
-        self.data = data
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitems__(self, indices: list[int]) -> "Minibatches":
-        index = torch.as_tensor(indices, device=self.data.tensors[0].device)
-        return Minibatches(self.data.tensors, index, self.batch_size)
-
-
-class Minibatches:
-    """Consecutive minibatches, kept as indices and gathered one at a time as they are iterated.
-
-    Gathering a whole group at once would copy it out of the CPU cache before its first step
-    ever reads it; one minibatch at a time is what a plain loop does.
-    """
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], index: torch.Tensor, batch_size: int):
-        self.tensors = tensors
-        self.index = index
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.index) // self.batch_size)
-
-    def __iter__(self):
-        for index in self.index.split(self.batch_size):
-            yield gather(self.tensors, index)
 
 
 class EpochShuffle(Sampler[int]):

@@ -1,6 +1,8 @@
-"""Plain PyTorch networks: no training logic, no Lightning."""
+"""Plain PyTorch networks: no training logic, no Lightning, nothing but torch."""
 
+from src.models.cnn import CNN
 from src.models.digit_classifier import DigitClassifier
 from src.models.logic_gate import LogicGateNet
+from src.models.mlp import MLP
 
-__all__ = ["DigitClassifier", "LogicGateNet"]
+__all__ = ["CNN", "MLP", "DigitClassifier", "LogicGateNet"]

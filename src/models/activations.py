@@ -1,8 +1,6 @@
-"""The hidden-layer nonlinearities a config may name."""
+"""The hidden-layer nonlinearities a network may be built with, by name."""
 
 from torch import nn
-
-from src.config import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -14,9 +12,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 def activation(name: str) -> nn.Module:
-    """Return a fresh activation layer for `name`, or say which names exist."""
+    """A fresh activation layer for `name`; a ValueError names the valid ones."""
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        valid = ", ".join(ACTIVATIONS)
-        raise ConfigError(f"model.activation={name!r} is not one of: {valid}") from None
+        raise ValueError(f"activation {name!r} is not one of: {', '.join(ACTIVATIONS)}") from None

@@ -7,17 +7,14 @@ from src.models.activations import activation as make_activation
 
 
 class DigitClassifier(nn.Module):
-    """784 → hidden_dim → 10 multilayer perceptron; 101,770 parameters at the defaults."""
+    """784 → hidden_dim → 10 multilayer perceptron; 101,770 parameters at hidden_dim=128."""
 
-    def __init__(self, hidden_dim: int = 128, activation: str = "relu", num_classes: int = 10):
+    def __init__(self, hidden_dim: int, activation: str):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(28 * 28, hidden_dim),
-            make_activation(activation),
-            nn.Linear(hidden_dim, num_classes),
-        )
+        self.hidden = nn.Linear(28 * 28, hidden_dim)
+        self.act = make_activation(activation)
+        self.out = nn.Linear(hidden_dim, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images (B, 1, 28, 28) or flat pixels (B, 784) to logits (B, num_classes)."""
-        return self.net(x)
+        """Images (B, 1, 28, 28) or flat pixels (B, 784) → logits (B, 10)."""
+        return self.out(self.act(self.hidden(x.flatten(1))))

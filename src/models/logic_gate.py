@@ -9,16 +9,12 @@ from src.models.activations import activation as make_activation
 class LogicGateNet(nn.Module):
     """2 → hidden_dim → 1 net whose sigmoid output approximates a gate's truth value."""
 
-    def __init__(self, hidden_dim: int = 3, activation: str = "sigmoid"):
+    def __init__(self, hidden_dim: int, activation: str):
         super().__init__()
         self.hidden = nn.Linear(2, hidden_dim)
         self.act = make_activation(activation)
         self.out = nn.Linear(hidden_dim, 1)
 
-    def hidden_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """The hidden layer's outputs (B, hidden_dim): where XOR becomes linearly separable."""
-        return self.act(self.hidden(x))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map input pairs (B, 2) to outputs in (0, 1) of shape (B, 1)."""
-        return torch.sigmoid(self.out(self.hidden_activations(x)))
+        """Input pairs (B, 2) → outputs in (0, 1) of shape (B, 1)."""
+        return torch.sigmoid(self.out(self.act(self.hidden(x))))

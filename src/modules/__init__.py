@@ -1,7 +1,7 @@
-"""LightningModules: a network paired with its loss, metrics and optimizer."""
+"""LightningModules, one per task: a network paired with its loss, metrics and optimizer."""
 
 from src.modules.digits import DigitModule
 from src.modules.gates import GateModule
-from src.modules.supervised import Diverged
+from src.modules.supervised import Diverged, NetworkMismatch
 
-__all__ = ["DigitModule", "Diverged", "GateModule"]
+__all__ = ["DigitModule", "Diverged", "GateModule", "NetworkMismatch"]

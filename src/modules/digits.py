@@ -1,27 +1,32 @@
-"""Digit classification: the DigitClassifier trained with cross-entropy."""
+"""Digit classification: any network from MNIST-format images to 10 logits, with cross-entropy."""
 
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.models import DigitClassifier
 from src.modules.supervised import OptimizerFactory, SupervisedModule
 
 
 class DigitModule(SupervisedModule):
-    """Cross-entropy over 10 digit classes; accuracy is the fraction of correct argmaxes."""
+    """Cross-entropy over 10 classes; accuracy is the fraction of correct argmaxes."""
+
+    input_shape = (1, 28, 28)
+    output_shape = (10,)
 
     def __init__(
         self,
-        hidden_dim: int = 128,
-        activation: str = "relu",
-        num_classes: int = 10,
+        net: nn.Module,
         optimizer: OptimizerFactory | None = None,
+        scheduler: dict | None = None,
+        steps_per_call: int = 1,
     ):
         super().__init__(
-            net=DigitClassifier(hidden_dim, activation, num_classes),
+            net=net,
             loss=nn.CrossEntropyLoss(),
-            accuracy=MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            accuracy=MulticlassAccuracy(10, average="micro", validate_args=False),
             optimizer=optimizer,
+            scheduler=scheduler,
+            steps_per_call=steps_per_call,
         )
-        # Plain values only, so a checkpoint rebuilds the module without the Hydra config.
-        self.save_hyperparameters(ignore=["optimizer"])
+        # Plain values only (the network's settings are in the run's config), so that every
+        # checkpoint loads with weights-only loading.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])

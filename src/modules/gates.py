@@ -1,25 +1,30 @@
-"""Logic gates: the primer's small sigmoid net regressed onto a truth table with MSE."""
+"""Logic gates: any network from two inputs to one output in (0, 1), regressed with MSE."""
 
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy
 
-from src.models import LogicGateNet
 from src.modules.supervised import OptimizerFactory, SupervisedModule
 
 
 class GateModule(SupervisedModule):
-    """Mean squared error between the net's output and the truth value; accuracy after rounding."""
+    """Mean squared error between the output and the truth value; accuracy after rounding."""
+
+    input_shape = (2,)
+    output_shape = (1,)
 
     def __init__(
         self,
-        hidden_dim: int = 3,
-        activation: str = "sigmoid",
+        net: nn.Module,
         optimizer: OptimizerFactory | None = None,
+        scheduler: dict | None = None,
+        steps_per_call: int = 1,
     ):
         super().__init__(
-            net=LogicGateNet(hidden_dim, activation),
+            net=net,
             loss=nn.MSELoss(),
             accuracy=BinaryAccuracy(threshold=0.5, validate_args=False),
             optimizer=optimizer,
+            scheduler=scheduler,
+            steps_per_call=steps_per_call,
         )
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])

@@ -1,43 +1,62 @@
-"""The training, validation and test steps shared by every experiment."""
+"""What every task shares: a network fitted to a loss, with an accuracy, an optimizer and a
+learning-rate schedule."""
 
-from collections.abc import Callable, Iterable
+import functools
+import inspect
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins import Precision
-from lightning.pytorch.strategies import SingleDeviceStrategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import Metric
 
+from src.errors import InputError
+from src.modules.grouping import grouping_blocker
+from src.modules.lightning_internals import count_extra_step, step_epoch_schedules
+
+log = logging.getLogger(__name__)
+# Lightning calls the `dataloader_iter` flavour of training_step experimental; its caveats (the
+# batch_idx its hooks get, gradient accumulation) are exactly what grouping_blocker rules out.
+warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-# What Lightning's backward and optimizer-step wrappers exist for, besides the step itself.
-STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 class Diverged(RuntimeError):
     """The training loss stopped being a finite number."""
 
 
+class NetworkMismatch(InputError, ValueError):
+    """The network cannot take the task's input, or its output does not fit the task's loss."""
+
+
 class SupervisedModule(L.LightningModule):
-    """A net, its loss and an accuracy metric; logs `<stage>/loss` and `<stage>/acc`.
+    """A network, its loss and an accuracy metric; logs `<stage>/loss` and `<stage>/acc`.
 
-    `optimizer` is a partial optimizer (Hydra's `_partial_: true`) called with the parameters.
+    `optimizer` is a partial optimizer (Hydra's `_partial_: true`) called with the parameters;
+    `scheduler`, if any, is Lightning's lr_scheduler dict (`interval`, `frequency`, `monitor`, ...)
+    with the partial schedule under `schedule`.
 
-    One `training_step` call runs a group of minibatches, each its own optimizer step (the data
-    modules' `batches_per_call`). Lightning's per-call work (hooks, logging, progress bar) costs
-    as much as a step of these small nets, so paying it once per group is what keeps training
-    close to a plain PyTorch loop; what the net learns is the same step for step.
+    `steps_per_call` > 1 lets one training_step call take that many optimizer steps, one per
+    minibatch, when nothing in the run can tell the difference (src/modules/grouping.py): the
+    same minibatches, steps, logged values and weights, in a fraction of Lightning's time.
+    Subclasses set the task: `input_shape` of one example and the `output_shape` the loss needs.
     """
+
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
 
     def __init__(
         self,
         net: nn.Module,
         loss: nn.Module,
         accuracy: Metric,
-        optimizer: OptimizerFactory | None = None,
+        optimizer: OptimizerFactory | None,
+        scheduler: dict | None,
+        steps_per_call: int,
     ):
         super().__init__()
         self.net = net
@@ -45,125 +64,145 @@ class SupervisedModule(L.LightningModule):
         # One metric object per stage: their running states must not mix.
         self.train_acc, self.val_acc, self.test_acc = (accuracy.clone() for _ in range(3))
         self.optimizer_factory = optimizer
-        self.automatic_optimization = False
-        self.direct_steps = False
-        self.epoch_loss: list[torch.Tensor] = []  # summed over each call's samples
-        self.epoch_samples = 0
-
-    def on_train_start(self) -> None:
-        # Lightning's manual_backward and LightningOptimizer.step add hooks, gradient scaling and
-        # DDP's gradient sync: about 0.1 ms a step, as much as a step of the MLP. With one process
-        # at full precision and no module or callback listening to those hooks they have nothing
-        # to do, so the steps call PyTorch directly and only keep Lightning's step count.
-        trainer = self.trainer
-        self.direct_steps = (
-            isinstance(trainer.strategy, SingleDeviceStrategy)
-            and type(trainer.precision_plugin) is Precision
-            and not any(is_overridden(hook, self) for hook in STEP_HOOKS)
-            and not any(
-                is_overridden(hook, callback, L.Callback)
-                for hook in STEP_HOOKS
-                for callback in trainer.callbacks
-            )
-        )
+        self.scheduler = scheduler
+        self.steps_per_call = steps_per_call
+        self.grouped = False  # whether this fit takes steps_per_call steps per call (see setup)
+        # Lightning's model summary runs it to show each layer's sizes and FLOPs.
+        self.example_input_array = torch.zeros(2, *self.input_shape)
+        check_fits(net, self.example_input_array, self.output_shape)
+        # This epoch's (loss, output, target) of every step so far, from step number first_step.
+        self.epoch_steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.first_step = 1
+        self.checked = 0  # how many of epoch_steps' losses are known to be finite
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batches: Iterable[Batch], batch_idx: int) -> None:
-        max_steps = self.trainer.max_steps
-        # max_steps need not fall on a group boundary.
-        steps_left = max_steps - self.global_step if max_steps >= 0 else len(batches)
-        losses, outputs, targets = self._take_steps(batches, steps_left)
-        if losses:
-            self._record(torch.stack(losses), outputs, targets)
-        if 0 <= max_steps <= self.global_step:
-            # Also mid-epoch: ask for the stop Lightning makes for early stopping, which
-            # validates (and checkpoints) the final weights; reaching max_steps alone does not.
-            self.trainer.should_stop = True
-            self._log_epoch()
-        elif batch_idx + 1 == self.trainer.num_training_batches:
-            self._log_epoch()
+    # --- training ---------------------------------------------------------------------------
 
-    def _take_steps(self, batches: Iterable[Batch], steps_left: int) -> tuple[list, list, list]:
-        """One optimizer step per minibatch; returns their losses, outputs and targets."""
-        optimizer = self.optimizers()
-        net, loss_fn = self.net, self.loss
-        losses, outputs, targets = [], [], []
-        for x, y in batches:
-            if len(losses) == steps_left:
-                break
-            out = net(x)
-            loss = loss_fn(out, y)
+    def setup(self, stage: str) -> None:
+        # Decided before Lightning picks how to feed training_step: a `dataloader_iter` in its
+        # signature makes Lightning hand over the iterator itself.
+        self.teardown(stage)  # an earlier fit's choice
+        if stage != "fit" or self.steps_per_call == 1:
+            return
+        reason = grouping_blocker(
+            self.trainer,
+            self,
+            base=SupervisedModule,
+            optimizer=self.optimizer_class(),
+            schedule_interval=self.scheduler["interval"] if self.scheduler else None,
+        )
+        if reason:
+            log.info("one optimizer step per training_step call, as %s", reason)
+        else:
+            self.grouped = True
+            self.training_step = self.training_steps
+
+    def teardown(self, stage: str) -> None:
+        self.grouped = False
+        self.__dict__.pop("training_step", None)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """One minibatch, one optimizer step: Lightning's usual contract."""
+        return self.step_loss(batch)
+
+    def training_steps(self, dataloader_iter: Iterator) -> torch.Tensor:
+        """Up to `steps_per_call` optimizer steps, one per minibatch drawn from the iterator.
+
+        All but the last are taken here, as Lightning's automatic optimization would take them
+        (forward, zero_grad, backward, step) and counted into its step counts; the last loss is
+        returned for Lightning to step on, so that its hooks, schedules and callbacks see the
+        call end on a step of their own, with its gradients.
+        """
+        optimizer = self.trainer.optimizers[0]
+        steps = self.steps_per_call
+        if dataloader_iter.length is None:
+            steps = 1  # data without a length: the epoch's last minibatch cannot be told
+        if self.trainer.max_steps >= 0:
+            steps = min(steps, self.trainer.max_steps - self.global_step)
+        for taken in range(1, steps + 1):
+            batch, _, _ = next(dataloader_iter)
+            if batch[0].device != self.device:  # what Lightning does before a usual training_step
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+            loss = self.step_loss(batch)
+            if taken == steps or dataloader_iter.done:
+                return loss
             optimizer.zero_grad()
-            if self.direct_steps:
-                loss.backward()
-                optimizer._on_before_step()  # Lightning's step count (and profiler), as step() does
-                optimizer.optimizer.step()
-                optimizer._on_after_step()
-            else:
-                self.manual_backward(loss)
-                optimizer.step()
-            losses.append(loss.detach())
-            outputs.append(out.detach())
-            targets.append(y)
-        return losses, outputs, targets
+            loss.backward()
+            optimizer.step()
+            count_extra_step(self.trainer)
+        raise AssertionError("unreachable: the loop returns on its last step")
 
-    def _record(self, losses: torch.Tensor, outputs: list, targets: list) -> None:
-        """Check and log a call's steps, and add them to the epoch's loss and accuracy."""
-        self._check_finite(losses)
-        self._log_steps(losses)
-        sizes = [len(y) for y in targets]
-        self.epoch_loss.append((losses * torch.tensor(sizes, device=losses.device)).sum())
-        self.epoch_samples += sum(sizes)
+    def step_loss(self, batch: Batch) -> torch.Tensor:
+        """The minibatch's loss, kept for the epoch's metrics and logged every log_every_n_steps."""
+        x, y = batch
+        out = self.net(x)
+        loss = self.loss(out, y)
+        step = self.global_step  # optimizer steps taken before this one: Lightning's x-axis
+        if not self.epoch_steps:
+            self.first_step = step + 1
+        self.epoch_steps.append((loss.detach(), out.detach(), y))
+        if (step + 1) % self.trainer.log_every_n_steps == 0:
+            self.check_finite()
+            if self.trainer.is_global_zero:
+                for logger in self.loggers:
+                    logger.log_metrics({"train/loss_step": loss.item()}, step=step)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        trainer = self.trainer
+        last_step = 0 <= trainer.max_steps <= self.global_step
+        if trainer.is_last_batch or trainer.should_stop or last_step:
+            self.log_epoch()  # the epoch ends here, however it ends
+        if trainer.is_last_batch and self.grouped:
+            step_epoch_schedules(trainer)
+
+    def log_epoch(self) -> None:
+        """The epoch's training loss and accuracy over its samples, logged once (a self.log call
+        costs about as much as a step). sync_dist: under DDP, averaged over every rank's share
+        (the accuracy metric object syncs its counts itself)."""
+        if not self.epoch_steps:
+            return
+        self.check_finite()
+        losses, outputs, targets = zip(*self.epoch_steps, strict=True)
+        sizes = torch.tensor([len(y) for y in targets], device=losses[0].device)
+        samples = int(sizes.sum())
+        loss = (torch.stack(losses) * sizes).sum() / samples
         self.train_acc.update(torch.cat(outputs), torch.cat(targets))
-        # Lightning advances its logging step once per call; count optimizer steps instead, so
-        # that epoch curves, the learning rate and train/loss_step share one x-axis.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=samples, sync_dist=True)  # fmt: skip
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=samples)  # fmt: skip
+        self.epoch_steps, self.checked = [], 0
 
-    def _log_epoch(self) -> None:
-        """The epoch's training loss and accuracy, logged once: a self.log call costs as much as
-        a step. sync_dist: under DDP they are averaged over every rank's share of the data (the
-        accuracy metric object syncs its counts itself)."""
-        if self.epoch_samples:
-            loss = torch.stack(self.epoch_loss).sum() / self.epoch_samples
-            self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                     batch_size=self.epoch_samples, sync_dist=True)  # fmt: skip
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True,
-                     batch_size=self.epoch_samples)  # fmt: skip
-        self.epoch_loss, self.epoch_samples = [], 0
-
-    def _check_finite(self, losses: torch.Tensor) -> None:
-        bad = (~torch.isfinite(losses)).nonzero()
+    def check_finite(self) -> None:
+        """Raise Diverged, naming the first step whose loss was not finite, if there was one.
+        Checked at logging steps and epoch ends only: each check waits for the device."""
+        if self.checked == len(self.epoch_steps):
+            return
+        unchecked = torch.stack([loss for loss, _, _ in self.epoch_steps[self.checked :]])
+        bad = (~torch.isfinite(unchecked)).nonzero()
         if len(bad):
             i = int(bad[0])
-            step = self.global_step - len(losses) + i + 1  # counted from 1, as global_step is
+            step = self.first_step + self.checked + i  # counted from 1, as global_step counts
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             raise Diverged(
-                f"train/loss became {losses[i].item()} at step {step} "
-                f"(epoch {self.current_epoch}) with learning rate {lr:g}: "
+                f"train/loss became {unchecked[i].item()} at step {step} "
+                f"(epoch {self.current_epoch + 1}) with learning rate {lr:g}: "
                 "lower optimizer.lr or change the optimizer"
             )
+        self.checked = len(self.epoch_steps)
 
-    def _log_steps(self, losses: torch.Tensor) -> None:
-        """train/loss_step of every `trainer.log_every_n_steps`-th optimizer step, at Lightning's
-        x-axis position for it: the number of steps taken before it."""
-        every = self.trainer.log_every_n_steps
-        first = self.global_step - len(losses)  # steps taken before this call's first one
-        picks = [i for i in range(len(losses)) if every and (first + i + 1) % every == 0]
-        if not picks or not self.trainer.is_global_zero:
-            return
-        for i, value in zip(picks, losses[picks].tolist(), strict=True):
-            for logger in self.loggers:
-                logger.log_metrics({"train/loss_step": value}, step=first + i)
+    # --- evaluation -------------------------------------------------------------------------
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self.eval_step(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self.eval_step(batch, "test")
 
-    def _eval_step(self, batch: Batch, stage: str) -> None:
+    def eval_step(self, batch: Batch, stage: str) -> None:
         x, y = batch
         out = self.net(x)
         acc = getattr(self, f"{stage}_acc")
@@ -171,7 +210,56 @@ class SupervisedModule(L.LightningModule):
         self.log(f"{stage}/loss", self.loss(out, y), prog_bar=True, sync_dist=True)
         self.log(f"{stage}/acc", acc, prog_bar=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    # --- optimization -----------------------------------------------------------------------
+
+    def optimizer_class(self) -> type:
+        factory = self.optimizer_factory
+        return factory.func if isinstance(factory, functools.partial) else type(None)
+
+    def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError("no optimizer given: pass a partial optimizer to train this module")
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        config = dict(self.scheduler)
+        schedule = config.pop("schedule")
+        config["scheduler"] = schedule(optimizer, **self.run_length(schedule, config["interval"]))
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def run_length(self, schedule: functools.partial, interval: str) -> dict[str, int]:
+        """A schedule that runs over the whole run (CosineAnnealingLR's T_max, OneCycleLR's
+        total_steps) and is not given its length gets the run's: steps or epochs by interval."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches if interval == "step" else trainer.max_epochs
+        wanted = inspect.signature(schedule.func).parameters
+        return {
+            name: int(total)
+            for name in ("T_max", "total_steps")
+            if name in wanted and schedule.keywords.get(name) is None
+        }
+
+
+def check_fits(net: nn.Module, example: torch.Tensor, output_shape: tuple[int, ...]) -> None:
+    """Refuse, in one line, a network that cannot take `example` or whose output is not
+    (batch, *output_shape): the loss would fail deep inside with a less helpful message."""
+    needed = (len(example), *output_shape)
+    training = net.training
+    net.eval()  # e.g. batch norm: no running statistics updated by this check
+    try:
+        with torch.no_grad():
+            out = net(example)
+    except Exception as err:  # whatever the net raises, the cause is the input it was given
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NetworkMismatch(
+            f"{type(net).__name__} cannot take a batch of shape {tuple(example.shape)} "
+            f"({reason}); this task needs outputs of shape {needed}"
+        ) from None
+    finally:
+        net.train(training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != needed:
+        raise NetworkMismatch(
+            f"{type(net).__name__} gives outputs of shape {shape} for a batch of shape "
+            f"{tuple(example.shape)}; this task needs {needed}"
+        )
