@@ -1,5 +1,6 @@
 """End-to-end runs of `python -m src.train` in subprocesses, read back from the files they leave."""
 
+import math
 import subprocess
 import sys
 from subprocess import PIPE
@@ -216,3 +217,16 @@ def test_real_mnist_reproduces_the_primer_protocol(real_mnist, tmp_path, experim
     metrics = read_metrics(tmp_path)
     assert metrics["epochs"] == 5 and metrics["steps"] == 5 * 860  # 55,000 images, batch 64
     assert low <= metrics["test/acc"] <= high
+
+
+def test_cosine_schedule_runs_from_the_learning_rate_to_zero_over_the_run(tiny_mnist, tmp_path):
+    run_train("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "trainer.max_epochs=2",
+              "scheduler=cosine", f"hydra.run.dir={tmp_path}", *TINY)  # fmt: skip
+    lr = load_events(tmp_path).Scalars("train/lr")
+    # Logged before each of the 16 steps (log_every_n_steps=1), as LearningRateMonitor does.
+    assert [e.step for e in lr] == list(range(16))
+    assert lr[0].value == pytest.approx(0.01)
+    assert lr[-1].value == pytest.approx(0.01 * (1 + math.cos(math.pi * 15 / 16)) / 2)
+    assert lr[-1].value < 1e-4 and all(a.value > b.value for a, b in zip(lr, lr[1:], strict=False))
+    log = (tmp_path / "train.log").read_text()
+    assert "one optimizer step per training_step call, as the learning-rate schedule" in log

@@ -18,31 +18,35 @@ def tensorboard(trainer: L.Trainer):
     return None
 
 
-def add_histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
-    """A histogram of `values` in HIST_BINS even bins, counted by torch.
+def histogram(values: torch.Tensor) -> dict:
+    """A histogram of `values` in HIST_BINS even bins, counted by torch: the arguments of
+    SummaryWriter.add_histogram_raw.
 
     SummaryWriter.add_histogram counts with numpy, whose BLAS threads then spin for a while on
     the cores that training needs (a tenth of the epoch's time on two cores); its default
     log-spaced bins also cost four times as much to count.
     """
-    values = values.detach().flatten().double()
+    values = values.detach().flatten().double().cpu()
     low, high = (v.item() for v in values.aminmax())
     # A single value gets bins around it, as numpy gives it.
     start, end = (low, high) if low < high else (low - 0.5, high + 0.5)
     counts = torch.histc(values, bins=HIST_BINS, min=start, max=end)
     limits = torch.linspace(start, end, HIST_BINS + 1)
     # TensorBoard reads each bucket's right edge; the empty first one carries the left edge.
-    writer.add_histogram_raw(
-        tag,
-        min=low,
-        max=high,
-        num=values.numel(),
-        sum=values.sum().item(),
-        sum_squares=values.square().sum().item(),
-        bucket_limits=limits.tolist(),
-        bucket_counts=[0, *counts.tolist()],
-        global_step=step,
-    )
+    return {
+        "min": low,
+        "max": high,
+        "num": values.numel(),
+        "sum": values.sum().item(),
+        "sum_squares": values.square().sum().item(),
+        "bucket_limits": limits.tolist(),
+        "bucket_counts": [0, *counts.tolist()],
+    }
+
+
+def add_histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
+    """`values` as a histogram in TensorBoard's HISTOGRAMS tab (see `histogram`)."""
+    writer.add_histogram_raw(tag, global_step=step, **histogram(values))
 
 
 def first_layer_patterns(net: torch.nn.Module) -> torch.Tensor | None:
@@ -62,7 +66,10 @@ class DigitPictures(L.Callback):
     """MNIST runs: the first layer's weights (or filters) as images and weight/gradient histograms
     each epoch; after testing, the confusion matrix and the most confidently misclassified digits.
 
-    Each hidden unit's weights are the pattern it measures the input's similarity to.
+    Each hidden unit's weights are the pattern it measures the input's similarity to. The epoch
+    pictures are taken as training goes (a gray grid and bucket counts: a few milliseconds) but
+    written when fit ends: TensorBoard's writer checksums every byte in Python, on a thread that
+    would hold up training for longer than the epoch's validation takes.
     """
 
     # Its on_train_batch_end looks only at the epoch's last step, on which a group of steps per
@@ -72,10 +79,11 @@ class DigitPictures(L.Callback):
     def __init__(self, histograms: bool, mistakes: int = 36):
         self.histograms = histograms
         self.mistakes = mistakes
+        self.images: list[tuple[int, torch.Tensor]] = []  # (step, grid)
+        self.counts: list[tuple[str, int, dict]] = []  # (tag, step, histogram)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard(trainer)
-        if writer is None or not trainer.is_global_zero:
+        if tensorboard(trainer) is None or not trainer.is_global_zero:
             return
         step = trainer.global_step
         patterns = first_layer_patterns(pl_module.net)
@@ -86,21 +94,36 @@ class DigitPictures(L.Callback):
             patterns = ((flat - low) / (high - low).clamp_min(1e-5)).view_as(patterns)
             # 2-pixel white lines between and around the patterns, as torchvision's make_grid draws.
             grid = pad(tile(patterns, cols=16, margins=(1, 1, 1, 1)), (1, 1, 1, 1), value=1.0)
-            writer.add_image("pictures/first_layer_weights", grid, step, dataformats="HW")
+            self.images.append((step, grid))
         if self.histograms:
             for name, param in pl_module.net.named_parameters():
-                add_histogram(writer, f"weights/{name}", param.cpu(), step)
+                self.counts.append((f"weights/{name}", step, histogram(param)))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # The gradients of the epoch's last optimizer step: zeroed before validation.
         if not (self.histograms and trainer.is_last_batch and trainer.is_global_zero):
             return
-        writer = tensorboard(trainer)
-        if writer is None:
+        if tensorboard(trainer) is None:
             return
         for name, param in pl_module.net.named_parameters():
             if param.grad is not None:
-                add_histogram(writer, f"gradients/{name}", param.grad.cpu(), trainer.global_step)
+                step = trainer.global_step
+                self.counts.append((f"gradients/{name}", step, histogram(param.grad)))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
+        self.write(trainer)  # what was taken before the run stopped
+
+    def write(self, trainer: L.Trainer) -> None:
+        writer = tensorboard(trainer)
+        if writer is not None:
+            for step, grid in self.images:
+                writer.add_image("pictures/first_layer_weights", grid, step, dataformats="HW")
+            for tag, step, counts in self.counts:
+                writer.add_histogram_raw(tag, global_step=step, **counts)
+        self.images, self.counts = [], []
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.confusion = MulticlassConfusionMatrix(num_classes=10).to(pl_module.device)

@@ -105,7 +105,7 @@ class SupervisedModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One minibatch, one optimizer step: Lightning's usual contract."""
-        return self.step_loss(batch)
+        return self.step_loss(batch, self.global_step, self.trainer.log_every_n_steps)
 
     def training_steps(self, dataloader_iter: Iterator) -> torch.Tensor:
         """Up to `steps_per_call` optimizer steps, one per minibatch drawn from the iterator.
@@ -115,35 +115,37 @@ class SupervisedModule(L.LightningModule):
         returned for Lightning to step on, so that its hooks, schedules and callbacks see the
         call end on a step of their own, with its gradients.
         """
-        optimizer = self.trainer.optimizers[0]
+        trainer = self.trainer
+        optimizer = trainer.optimizers[0]
+        first, every = self.global_step, trainer.log_every_n_steps
         steps = self.steps_per_call
         if dataloader_iter.length is None:
             steps = 1  # data without a length: the epoch's last minibatch cannot be told
-        if self.trainer.max_steps >= 0:
-            steps = min(steps, self.trainer.max_steps - self.global_step)
-        for taken in range(1, steps + 1):
+        if trainer.max_steps >= 0:
+            steps = min(steps, trainer.max_steps - first)
+        for i in range(steps):
             batch, _, _ = next(dataloader_iter)
-            if batch[0].device != self.device:  # what Lightning does before a usual training_step
-                batch = self.transfer_batch_to_device(batch, self.device, 0)
-            loss = self.step_loss(batch)
-            if taken == steps or dataloader_iter.done:
+            if i == 0 and batch[0].device != self.device:
+                batch = self.transfer_batch_to_device(batch, self.device, 0)  # as Lightning does
+            loss = self.step_loss(batch, first + i, every)
+            if i + 1 == steps or dataloader_iter.done:
                 return loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            count_extra_step(self.trainer)
+            count_extra_step(trainer)
         raise AssertionError("unreachable: the loop returns on its last step")
 
-    def step_loss(self, batch: Batch) -> torch.Tensor:
-        """The minibatch's loss, kept for the epoch's metrics and logged every log_every_n_steps."""
+    def step_loss(self, batch: Batch, step: int, log_every: int) -> torch.Tensor:
+        """The minibatch's loss, kept for the epoch's metrics and logged every `log_every` steps.
+        `step`: the optimizer steps taken before this one, Lightning's x-axis for its values."""
         x, y = batch
         out = self.net(x)
         loss = self.loss(out, y)
-        step = self.global_step  # optimizer steps taken before this one: Lightning's x-axis
         if not self.epoch_steps:
             self.first_step = step + 1
         self.epoch_steps.append((loss.detach(), out.detach(), y))
-        if (step + 1) % self.trainer.log_every_n_steps == 0:
+        if (step + 1) % log_every == 0:
             self.check_finite()
             if self.trainer.is_global_zero:
                 for logger in self.loggers:
