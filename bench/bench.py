@@ -1,9 +1,11 @@
 """`make bench`: the framework against plain PyTorch, measured side by side in one run.
 
-Each round runs, one after the other: the plain tensor loop, the primer-style DataLoader loop and
-`python -m src.train` for MNIST, then the plain and framework NAND runs. Rounds alternate so that
-machine noise hits all of them alike; the table reports medians (the ratio column: the median of
-each round's framework / plain) and writes them to outputs/bench/.
+Each round runs, one after the other: the plain tensor loop, the primer-style DataLoader loop,
+`python -m src.train` (several optimizer steps per training_step call, the default) and the same
+with `model.steps_per_call=1` (Lightning's one step per call) for MNIST, then the plain and both
+framework NAND runs. Rounds alternate so that machine noise hits all of them alike; the table
+reports medians (the ratio columns: the median of each round's framework / plain) and writes
+them to outputs/bench/.
 
     python bench/bench.py [--repeats 5] [--device cpu|cuda] [--data-dir data]
 """
@@ -41,14 +43,15 @@ def measure(cmd: list[str]) -> dict:
     return result
 
 
-def framework(experiment: str, args, run: int) -> dict:
-    run_dir = OUT / "runs" / f"{experiment}-{run}"
+def framework(experiment: str, args, run: int, *overrides: str) -> dict:
+    run_dir = OUT / "runs" / f"{experiment}-{run}{'-single' if overrides else ''}"
     cmd = [
         sys.executable,
         "-m",
         "src.train",
         f"+experiment={experiment}",
         f"hydra.run.dir={run_dir}",
+        *overrides,
     ]
     if experiment.startswith("mnist"):
         cmd += [f"data.data_dir={args.data_dir}", f"trainer.accelerator={args.accelerator}"]
@@ -73,13 +76,16 @@ def main() -> None:
     mnist = [*plain, "mnist", f"--data-dir={args.data_dir}", f"--device={args.device}"]
 
     samples: dict[str, list[dict]] = {}
+    single = "model.steps_per_call=1"
     for run in range(args.repeats):
         jobs = {
             "plain": lambda: measure(mnist),
             "dataloader": lambda: measure([*mnist, "--loader=dataloader"]),
             "framework": lambda run=run: framework("mnist_sgd", args, run),
+            "single": lambda run=run: framework("mnist_sgd", args, run, single),
             "nand plain": lambda: measure([*plain, "nand"]),
             "nand framework": lambda run=run: framework("nand", args, run),
+            "nand single": lambda run=run: framework("nand", args, run, single),
         }
         if args.skip_dataloader:
             del jobs["dataloader"]
@@ -90,30 +96,37 @@ def main() -> None:
     def median(name, key):
         return statistics.median(s[key] for s in samples[name]) if name in samples else None
 
-    def row(label, key, base, *others, unit="s"):
-        values = [median(name, key) for name in (base, *others)]
-        cells = ["-" if v is None else f"{v:.1f}" if unit == "MiB" else f"{v:.2f}" for v in values]
+    def ratio(key, base, other):
         # The ratio of each round's pair, then their median: the machine's speed drifts between
         # rounds, and both programs of a round share its drift.
-        pairs = zip(samples[base], samples[others[-1]], strict=True)
-        ratio = statistics.median(other[key] / first[key] for first, other in pairs)
-        return f"| {label} ({unit}) | " + " | ".join(cells) + f" | {ratio:.2f}× |"
+        pairs = zip(samples[base], samples[other], strict=True)
+        return statistics.median(o[key] / b[key] for b, o in pairs)
 
+    def row(label, key, names, ratios, unit="s"):
+        values = [median(name, key) for name in names]
+        cells = ["-" if v is None else f"{v:.1f}" if unit == "MiB" else f"{v:.2f}" for v in values]
+        cells += [f"{ratio(key, names[0], other):.2f}×" for other in ratios]
+        return f"| {label} ({unit}) | " + " | ".join(cells) + " |"
+
+    mnist_runs = ["plain", "dataloader", "framework", "single"]
+    gate_runs = ["nand plain", "nand framework", "nand single"]
     lines = [
         f"Median of {args.repeats} alternating rounds, {datetime.now():%Y-%m-%d %H:%M}, "
-        f"{platform.machine()}, {os.cpu_count()} cores, device {args.device}.",
+        f"{platform.machine()}, {os.cpu_count()} cores, device {args.device}. Framework: the "
+        "default (grouped steps); one step per call: `model.steps_per_call=1`.",
         "",
         "| MNIST, batch 64, 5 epochs | plain loop | primer DataLoader | framework "
-        "| framework / plain |",
-        "| --- | --- | --- | --- | --- |",
-        row("training phase", "train_seconds", "plain", "dataloader", "framework"),
-        row("whole process", "wall", "plain", "dataloader", "framework"),
-        row("peak memory", "rss_mib", "plain", "dataloader", "framework", unit="MiB"),
+        "| framework, one step per call | framework / plain | one step per call / plain |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        row("training phase", "train_seconds", mnist_runs, ["framework", "single"]),
+        row("whole process", "wall", mnist_runs, ["framework", "single"]),
+        row("peak memory", "rss_mib", mnist_runs, ["framework", "single"], unit="MiB"),
         "",
-        "| NAND, 4000 steps | plain loop | framework | framework / plain |",
-        "| --- | --- | --- | --- |",
-        row("training phase", "train_seconds", "nand plain", "nand framework"),
-        row("whole process", "wall", "nand plain", "nand framework"),
+        "| NAND, 4000 steps | plain loop | framework | framework, one step per call "
+        "| framework / plain | one step per call / plain |",
+        "| --- | --- | --- | --- | --- | --- |",
+        row("training phase", "train_seconds", gate_runs, ["nand framework", "nand single"]),
+        row("whole process", "wall", gate_runs, ["nand framework", "nand single"]),
     ]
     table = "\n".join(lines)
     print("\n" + table)
