@@ -11,11 +11,13 @@ own default, so that `+trainer.gradient_clip_val=1` or `optimizer.nesterov=true`
 
 import dataclasses
 import difflib
+import hashlib
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -294,6 +296,7 @@ class TrainerSchema:
     sync_batchnorm: bool = False
     reload_dataloaders_every_n_epochs: int = 0
     enable_autolog_hparams: bool = True
+    plugins: Any = None
 
     def __post_init__(self):
         one_of("trainer.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
@@ -409,8 +412,13 @@ class TrainSchema:
 
 SCHEMAS = {
     "optimizer": {"sgd": SGDSchema, "adam": AdamSchema},
-    "scheduler": {"base": SchedulerSchema, "cosine": CosineSchema, "onecycle": OneCycleSchema,
-                  "step": StepLRSchema, "plateau": PlateauSchema},  # fmt: skip
+    "scheduler": {
+        "base": SchedulerSchema,
+        "cosine": CosineSchema,
+        "onecycle": OneCycleSchema,
+        "step": StepLRSchema,
+        "plateau": PlateauSchema,
+    },  # fmt: skip
     "data": {"mnist": MNISTSchema, "logic_gate": LogicGateDataSchema},
     "model": {"module": ModuleSchema},
     "net": {"hidden_layer": HiddenLayerSchema, "mlp": MLPSchema, "cnn": CNNSchema},
@@ -419,13 +427,33 @@ SCHEMAS = {
 }
 
 
+def job_dirname(overrides) -> str:
+    """A sweep job's directory name: its settings (its command-line overrides, sorted), so a sweep
+    run again finds each job by what it computes, whatever order the values come in.
+
+    Characters a file name cannot hold are %-escaped; a long value (a path, say) is cut and ends
+    with a hash of the whole, so the settings that differ between jobs stay readable."""
+    parts = []
+    for item in sorted(str(o) for o in overrides):
+        key, _, value = item.partition("=")
+        value = quote(value, safe="=,+-._[]{}:@")
+        if len(value) > 32:
+            value = f"{value[:16]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+        parts.append(f"{quote(key, safe='+-._~')}={value}")
+    name = ",".join(parts) or "defaults"
+    if len(name) > 200:  # most file systems allow 255 bytes
+        name = f"{name[:180]}~{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
 def register() -> None:
-    """Make the schemas and the `uid` resolver available to the configs under conf/."""
+    """Make the schemas and the resolvers available to the configs under conf/."""
     # A short random id in every output directory name: runs started in the same second never
     # share a directory. Cached, so every reference in one config (and a sweep's jobs) agrees.
     OmegaConf.register_new_resolver(
         "uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True
     )
+    OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     store = ConfigStore.instance()
     # Under schema/ rather than in the groups themselves, so that Hydra's list of a group's
     # options (shown for a typo like optimizer=sgdd) holds only the real choices.
@@ -461,6 +489,8 @@ def refuse_unknown_keys(node: DictConfig, path: str = "") -> None:
 
 def check_checkpoint(path: Path) -> None:
     """A Lightning checkpoint is a torch.save zip archive; anything else is refused here."""
+    if path.is_dir():
+        raise ConfigError(f"ckpt_path={path} is a directory: give the path of a .ckpt file")
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist: give the path of a .ckpt file")
     if not zipfile.is_zipfile(path) or not any(
@@ -477,4 +507,11 @@ def run_config(ckpt: Path) -> DictConfig:
             f"{path} not found: use a checkpoint inside the run directory that training wrote "
             "it to (its .hydra/config.yaml says which model and data it used)"
         )
-    return OmegaConf.load(path)
+    try:
+        config = OmegaConf.load(path)
+    except Exception as err:  # YAML's or OmegaConf's own words for what is wrong
+        reason = str(err).strip().splitlines()[0]
+        raise InputError(f"{path} is not a readable run config ({reason})") from None
+    if not isinstance(config, DictConfig):
+        raise InputError(f"{path} is not a run config (not a mapping of settings)")
+    return config

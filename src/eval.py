@@ -1,16 +1,16 @@
 """Test a checkpoint: `python -m src.eval ckpt_path=<run dir>/checkpoints/last.ckpt`."""
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.config import register
 from src.errors import InputError
+from src.records import write_json
 
 log = logging.getLogger(__name__)
 register()
@@ -29,10 +29,12 @@ def main(cfg: DictConfig) -> None:
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Test the checkpoint's weights on its run's data; write and return `metrics.json`."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise InputError("ckpt_path is missing: python -m src.eval ckpt_path=<a checkpoint>")
     from src.checkpoints import load_module
 
     ckpt = Path(cfg.ckpt_path)
-    module, run_cfg, _ = load_module(ckpt)
+    module, run_cfg, _ = load_module(ckpt, allow=cfg.allow)
     if cfg.data_dir is not None:
         run_cfg.data.data_dir = cfg.data_dir
 
@@ -44,7 +46,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     record = {key: float(value) for key, value in results.items()}
     record |= {"ckpt_path": str(ckpt), "status": "completed"}
-    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out_dir / "metrics.json", record)
     return record
 
 

@@ -5,7 +5,7 @@ logged (read back from its TensorBoard event files) and its metrics.json; for a 
 summary table and the curves of every job.
 """
 
-import json
+import io
 import sys
 from pathlib import Path
 
@@ -13,7 +13,8 @@ import yaml
 from matplotlib.figure import Figure
 
 from src.events import epoch_curve, load_events
-from src.sweep import read_jobs, write_summary
+from src.records import read_json, write_text
+from src.sweep import job_dirs, read_jobs, write_summary
 
 CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc")}
 
@@ -21,7 +22,7 @@ CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc
 def run_report(run_dir: Path) -> Path:
     """report.md for one run, with curves.png and the run's pictures."""
     events = load_events(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json") or {}
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, (name, tags) in zip(axes, CURVES.items(), strict=True):
@@ -34,7 +35,7 @@ def run_report(run_dir: Path) -> Path:
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=110)
+    write_text(run_dir / "curves.png", png(fig))
 
     lines = [f"# Run `{run_dir.name}`", ""]
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
@@ -49,10 +50,10 @@ def run_report(run_dir: Path) -> Path:
         # First and last: how the picture changed over training (one when logged once).
         for image in {images[0].step: images[0], images[-1].step: images[-1]}.values():
             name = f"{tag.replace('/', '_')}_step{image.step}.png"
-            (run_dir / name).write_bytes(image.encoded_image_string)
+            write_text(run_dir / name, image.encoded_image_string)
             lines += [f"## {tag}, step {image.step}", "", f"![{tag}]({name})", ""]
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines))
+    write_text(report, "\n".join(lines))
     return report
 
 
@@ -70,25 +71,31 @@ def sweep_report(sweep_dir: Path) -> Path:
     if ax.lines:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    fig.savefig(sweep_dir / "train_loss.png", dpi=110)
+    write_text(sweep_dir / "train_loss.png", png(fig))
     lines = [f"# Sweep `{sweep_dir.name}`", "", table, ""]
     lines += ["![validation curves of every job](summary.png)", ""]
     lines += ["![training loss of every job](train_loss.png)", ""]
     report = sweep_dir / "report.md"
-    report.write_text("\n".join(lines))
+    write_text(report, "\n".join(lines))
     return report
+
+
+def png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         sys.exit("usage: python -m src.report <run dir or sweep dir>")
     path = Path(argv[1])
-    if (path / "metrics.json").is_file():
+    if read_json(path / "metrics.json") is not None:
         report = run_report(path)
-    elif any(path.glob("*/.hydra/overrides.yaml")):
+    elif job_dirs(path):
         report = sweep_report(path)
     else:
-        sys.exit(f"{path} is neither a finished run (no metrics.json) nor a sweep directory")
+        sys.exit(f"{path} is neither a run with a readable metrics.json nor a sweep directory")
     print(f"wrote {report}")
 
 

@@ -6,7 +6,7 @@ summary over all of its jobs. `python -m src.sweep <sweep dir>` rebuilds it by h
 """
 
 import csv
-import json
+import io
 import logging
 import math
 import sys
@@ -17,70 +17,90 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.events import epoch_curve, load_events
+from src.records import read_json, write_text
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("val/acc", "test/acc", "train/loss", "fit_seconds", "status")
+COLUMNS = ("val/loss", "val/acc", "test/acc", "train/loss", "fit_seconds", "status")
 
 
 class SweepSummary(Callback):
     """Hydra callback: summarize the sweep directory once every job has ended."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        table = write_summary(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not job_dirs(sweep_dir):
+            return  # no job started: nothing to compare
+        table = write_summary(sweep_dir, config.monitor.metric, config.monitor.mode)
         log.info("sweep summary (best first):\n%s", table)
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job directories of a sweep: those Hydra wrote a job's overrides into."""
+    return sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml"))
+
+
 def read_jobs(sweep_dir: Path) -> list[dict]:
-    """One entry per job directory: its number, overrides and metrics.json (status 'unfinished'
-    when it has none)."""
+    """One entry per job directory: its overrides and its metrics.json; a job whose record is
+    missing, empty or corrupt is `unfinished` (a sweep run again trains it again)."""
     jobs = []
-    for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
-        job_dir = overrides_file.parent.parent
-        metrics_file = job_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        metrics.setdefault("status", "unfinished")
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
-        jobs.append({"job": job_dir.name, "dir": job_dir, "overrides": overrides, **metrics})
+    for job_dir in job_dirs(sweep_dir):
+        record = read_json(job_dir / "metrics.json") or {"status": "unfinished"}
+        try:
+            overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        except (OSError, yaml.YAMLError):
+            overrides = [job_dir.name]
+        jobs.append({"job": job_dir.name, "dir": job_dir, "overrides": overrides, **record})
     # What every job shares (the experiment, say) says nothing about the differences.
     shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if jobs else set()
     for job in jobs:
         job["label"] = " ".join(o for o in job["overrides"] if o not in shared) or job["job"]
-    return sorted(jobs, key=rank)
+    return jobs
 
 
-def rank(job: dict) -> tuple:
-    """Completed jobs first, best validation accuracy (or lowest validation loss) first."""
-    acc, loss = job.get("val/acc"), job.get("val/loss")
-    score = -acc if acc is not None else loss if loss is not None else math.inf
-    return (job["status"] != "completed", score, job["job"])
+def rank(jobs: list[dict], metric: str, mode: str) -> list[dict]:
+    """Completed jobs first, best `metric` first (highest for mode max, lowest for min)."""
+
+    def key(job: dict) -> tuple:
+        value = job.get(metric)
+        score = math.inf if value is None else -value if mode == "max" else value
+        return (job.get("status") != "completed", score, job["job"])
+
+    return sorted(jobs, key=key)
 
 
-def write_summary(sweep_dir: Path) -> str:
-    """Write summary.csv, summary.md and summary.png; return the Markdown table."""
+def write_summary(sweep_dir: Path, metric: str | None = None, mode: str | None = None) -> str:
+    """Write summary.csv, summary.md and summary.png, ranked by the experiment's `metric`
+    (read from the jobs' records when not given); return the Markdown table."""
     jobs = read_jobs(sweep_dir)
-    header = ["job", "overrides", *COLUMNS]
-    rows = [[job["job"], job["label"], *(job.get(key) for key in COLUMNS)] for job in jobs]
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(["" if v is None else v for v in row] for row in rows)
+    if metric is None:
+        monitor = next((job["monitor"] for job in jobs if "monitor" in job), {})
+        metric, mode = monitor.get("metric", "val/acc"), monitor.get("mode", "max")
+    jobs = rank(jobs, metric, mode)
+    columns = (metric, *(c for c in COLUMNS if c != metric))
+    header = ["overrides", *columns, "job"]
+    rows = [[job["label"], *(job.get(key) for key in columns), job["job"]] for job in jobs]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    write_text(sweep_dir / "summary.csv", buffer.getvalue())
 
     def cell(value) -> str:
         if value is None:
             return "-"
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(header[:-1]) + " |", "|" + " --- |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(cell(v) for v in row[:-1]) + " |" for row in rows]
     table = "\n".join(lines)
-    (sweep_dir / "summary.md").write_text(table + "\n")
-    plot_curves(jobs, sweep_dir / "summary.png")
+    write_text(sweep_dir / "summary.md", table + "\n")
+    plot_curves(jobs, metric, sweep_dir / "summary.png")
     return table
 
 
-def plot_curves(jobs: list[dict], path: Path) -> None:
-    """Every job's validation curve on one figure, read back from its TensorBoard events."""
+def plot_curves(jobs: list[dict], metric: str, path: Path) -> None:
+    """Every job's curve of the experiment's metric on one figure, from its TensorBoard events."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -88,28 +108,32 @@ def plot_curves(jobs: list[dict], path: Path) -> None:
     fig = Figure(figsize=(11, 5.5))
     ax = fig.subplots()
     colors = colormaps["tab20"].colors
-    tag = "val/acc"
     for i, job in enumerate(jobs):
-        events = load_events(job["dir"])
-        scalars = events.Tags()["scalars"]
-        tag = "val/acc" if "val/acc" in scalars else "val/loss" if "val/loss" in scalars else None
-        if tag is None:
-            continue
         # One point per validation, i.e. per epoch: epochs compare jobs of any batch size.
-        epochs, values = epoch_curve(events, tag)
-        ax.plot(epochs, values, marker="o", color=colors[i % len(colors)], label=job["label"])
+        epochs, values = epoch_curve(load_events(job["dir"]), metric)
+        if values:
+            ax.plot(epochs, values, marker="o", color=colors[i % len(colors)], label=job["label"])
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(tag or "validation")
-    ax.set_title(f"validation curves, {len(jobs)} jobs")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per epoch, {len(jobs)} jobs (best first)")
     ax.grid(alpha=0.3)
-    if ax.lines:  # best job first, as in the table
+    if ax.lines:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    write_text(path, buffer.getvalue())
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        sys.exit("usage: python -m src.sweep <sweep dir>")
+    sweep_dir = Path(argv[1])
+    if not job_dirs(sweep_dir):
+        sys.exit(f"{sweep_dir} holds no sweep jobs (no */.hydra/overrides.yaml): nothing to sum up")
+    print(write_summary(sweep_dir))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit("usage: python -m src.sweep <sweep dir>")
-    print(write_summary(Path(sys.argv[1])))
+    main(sys.argv)

@@ -1,15 +1,15 @@
 """Train one experiment and record what it learned: `python -m src.train +experiment=mnist_sgd`.
 
-The flow reads top to bottom: seed, build data, model, callbacks, loggers and trainer from the
-config, fit, test, then write `metrics.json` and the hyperparameters next to TensorBoard's curves.
+The flow reads top to bottom: check the config, seed, build data, model, callbacks, loggers and
+trainer from it, fit, test the last checkpoint, then write `metrics.json` and the hyperparameters
+next to TensorBoard's curves.
 """
 
 import gc
-import json
 import logging
 import math
-import pickle
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,27 +21,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import register, validate
 from src.errors import ConfigError, InputError
+from src.records import no_room, read_json, write_json
+from src.resume import resume_changes
 
 log = logging.getLogger(__name__)
 register()
 
 FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
+FINISHED = ("completed", "diverged")  # a sweep run again leaves these jobs as they are
+EXIT_STATUS = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": 128 + 15}  # as if killed
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     """Hydra entry point: one run per call (a multirun calls it once per job).
 
     A single run exits non-zero when it does not complete. In a sweep a job never ends the
-    sweep: its failure is recorded in its metrics.json, and a job that already finished (a sweep
-    run again with the same hydra.sweep.dir) is left as it is.
+    sweep: its failure is recorded in its metrics.json. A sweep's job is known by its settings
+    (its directory is named after them): run again with the same hydra.sweep.dir, a finished job
+    is left as it is and an unfinished one continues from its last checkpoint.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     if in_sweep:
-        previous = read_record(run_dir)
-        if previous.get("status") in ("completed", "diverged"):
+        previous = read_json(run_dir / "metrics.json") or {}
+        if previous.get("status") in FINISHED and previous.get("overrides") == overrides:
             log.info("%s finished earlier (%s): left as it is", run_dir, previous["status"])
             return objective(previous, cfg)
         if (run_dir / "checkpoints" / "last.ckpt").is_file() and not cfg.ckpt_path:
@@ -49,25 +55,34 @@ def main(cfg: DictConfig) -> float | None:
             log.info("continuing an unfinished job from %s", cfg.ckpt_path)
     try:
         validate(cfg)
-        record = train(cfg, run_dir)
+        record = train(cfg, run_dir, overrides)
     except Exception as err:
         reason = err.__cause__ if isinstance(err, InstantiationException) else err
+        full = no_room(reason)
+        if full is not None:  # nothing more can be written: say so once, keep what is there
+            log.error("%s", no_room_message(full, run_dir))
+            sys.exit(2)
         if isinstance(reason, InputError) and not in_sweep:
             # Bad input, not a failed run: say what to fix, leave no metrics.json behind.
             log.error("%s", reason)
             sys.exit(2)
-        record = {
-            "status": "failed",
-            "error": f"{type(reason).__name__}: {reason}",
-            "seed": cfg.seed,
-        }
-        write_record(run_dir, record)
+        record = {"status": "failed", "error": f"{type(reason).__name__}: {reason}",
+                  "seed": cfg.seed, "overrides": overrides}  # fmt: skip
+        write_json(run_dir / "metrics.json", record)
         if not in_sweep:
             raise
         log.error("job failed: %s", record["error"])
-    if record["status"] != "completed" and not in_sweep:
-        sys.exit(1)
+    if not in_sweep and record["status"] != "completed":
+        sys.exit(EXIT_STATUS[record["status"]])
     return objective(record, cfg)
+
+
+def no_room_message(err: OSError, run_dir: Path) -> str:
+    """What to do when the disk is full: which checkpoint, if any, to resume from."""
+    saved = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.name != "last.ckpt")
+    then = f"resume with ckpt_path={saved[0]}" if saved else "run it again"
+    where = err.filename or run_dir
+    return f"no room to write {where} ({err.strerror}): free some space, then {then}"
 
 
 def objective(record: dict, cfg: DictConfig) -> float:
@@ -76,44 +91,36 @@ def objective(record: dict, cfg: DictConfig) -> float:
     return float("nan") if value is None else value
 
 
-def read_record(run_dir: Path) -> dict:
-    """The run's metrics.json, or {} when it has none (yet)."""
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_record(run_dir: Path, record: dict) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Fit and test the configured model; write and return the run's `metrics.json` record."""
     load_training_stack()
     import lightning as L
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from src.callbacks import EpochTable
-    from src.modules import Diverged, NetworkMismatch
+    from src.callbacks import ConfigInCheckpoints, EpochTable, ResumedSettings
+    from src.checkpoints import check_weights_fit, read_checkpoint
+    from src.modules import Diverged
 
     # `import lightning` adds a console handler of its own; Hydra's handlers already print its
     # messages and copy them into train.log, so drop it rather than print every line twice.
     logging.getLogger("lightning").handlers.clear()
+    # TensorBoard writes from a thread of its own; a full disk is reported by the main thread at
+    # its next write, once, not also as that thread's traceback.
+    threading.excepthook = quiet_when_no_room(threading.excepthook)
+    ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    checkpoint = read_checkpoint(ckpt) if ckpt else None
+    changes = resume_changes(cfg, checkpoint.get("config"), ckpt) if checkpoint else None
+    if changes:
+        listed = ", ".join(f"{key}: {then} → {now}" for key, (then, now) in changes.items())
+        log.info("resuming with changed settings: %s", listed)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
-    try:
-        model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, NetworkMismatch):
-            raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
-        raise
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    if cfg.trainer.enable_progress_bar is False:
-        # No bar, as the flag says: Lightning refuses one among the callbacks then.
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    datamodule, model, trainer = build(cfg)
+    if checkpoint:
+        check_weights_fit(checkpoint, model, ckpt)  # a network it does not fit: one line
+    trainer.callbacks.append(ConfigInCheckpoints(OmegaConf.to_container(cfg, resolve=False)))
+    if changes:
+        trainer.callbacks.append(ResumedSettings(changes))
 
     status, error = "completed", None
     start = time.perf_counter()
@@ -121,20 +128,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except Diverged as err:
         status, error = "diverged", str(err)
-    except pickle.UnpicklingError as err:
-        # weights_only loading met something other than tensors and plain values: never run it.
-        reason = str(err).strip().splitlines()[0]
-        raise InputError(
-            f"ckpt_path={cfg.ckpt_path} was refused by weights-only loading: {reason}"
-        ) from None
-    fit_seconds = time.perf_counter() - start
-    table = next((c for c in callbacks if isinstance(c, EpochTable)), None)
+    except SystemExit as err:  # Lightning's way out of fit on SIGTERM (and on Ctrl-C)
+        stop = "SIGTERM" if isinstance(err, SIGTERMException) else "Ctrl-C"
+        status, error = "interrupted", f"stopped by {stop} at step {trainer.global_step}"
+    except MisconfigurationException as err:  # a setting Lightning refuses, e.g. a missing GPU
+        raise InputError(str(err).strip().splitlines()[0]) from None
+    table = next((c for c in trainer.callbacks if isinstance(c, EpochTable)), None)
+    earlier = table.earlier_fit_seconds if table else 0.0  # the fits this one resumed
+    fit_seconds = earlier + time.perf_counter() - start
     # The table's last row covers a run resumed from its final checkpoint, where fit has no
     # epoch left to run and so logs nothing.
     last_epoch = table.rows[-1] if table and table.rows else {}
     metrics = read_metrics({**last_epoch, **trainer.callback_metrics})
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    tested = None
     if status == "completed":
-        trainer.test(model, datamodule=datamodule, verbose=False)
+        # The weights of a file that stays (the last epoch's): src.eval of it gives these numbers.
+        tested = last_ckpt if last_ckpt.is_file() else None
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True,
+                     verbose=False)  # fmt: skip
         metrics |= read_metrics(trainer.callback_metrics, prefix="test/")
 
     record = {
@@ -148,16 +160,67 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     }
     if error:
         record["error"] = error
-        log.error(error)
+        (log.warning if status == "interrupted" else log.error)(error)
+    if status == "completed":
+        record["tested"] = str(tested.relative_to(run_dir)) if tested else "final weights in memory"
+    if last_ckpt.is_file():
+        record["checkpoint"] = str(last_ckpt.relative_to(run_dir))  # to resume from
+    if ckpt:
+        record["resumed_from"] = str(ckpt)
+        record["changed_on_resume"] = changes  # None: the checkpoint does not say its settings
+    record |= {"monitor": OmegaConf.to_container(cfg.monitor), "overrides": overrides}
     if not trainer.is_global_zero:
         return record  # under DDP, rank 0 alone writes the run's files
     log_hparams(trainer, cfg, metrics)
-    write_record(run_dir, record)
+    write_json(run_dir / "metrics.json", record)
 
     if table is not None:
         log.info("results:\n%s", table.render(metrics))
+    if status == "interrupted":
+        log.info("resume with ckpt_path=%s", last_ckpt)
     log.info("run directory: %s", run_dir)
     return record
+
+
+def build(cfg: DictConfig):
+    """The datamodule, the module (with its optimizer and schedule) and the Trainer (with its
+    callbacks and loggers) that the config describes."""
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from src.modules import NetworkMismatch
+
+    datamodule = instantiate(cfg.data)
+    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
+    try:
+        model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, NetworkMismatch):
+            raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
+        raise
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    if cfg.trainer.enable_progress_bar is False:
+        # No bar, as the flag says: Lightning refuses one among the callbacks then.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
+    try:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, MisconfigurationException):  # e.g. a GPU this machine lacks
+            raise ConfigError(f"trainer: {str(err.__cause__).strip().splitlines()[0]}") from None
+        raise
+    return datamodule, model, trainer
+
+
+def quiet_when_no_room(hook):
+    """A threading.excepthook that leaves a full disk to the main thread to report."""
+
+    def excepthook(args) -> None:
+        if no_room(args.exc_value) is None:
+            hook(args)
+
+    return excepthook
 
 
 def load_training_stack() -> None:

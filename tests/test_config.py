@@ -58,7 +58,8 @@ def test_mnist_cnn_swaps_the_network_only():
     cnn = compose_train("+experiment=mnist_cnn")
     adam = compose_train("+experiment=mnist_adam")
     assert isinstance(build(cnn).net, CNN)
-    assert cnn.optimizer == adam.optimizer and cnn.data == adam.data
+    assert cnn.optimizer._target_ == adam.optimizer._target_ and cnn.optimizer.lr == 0.003
+    assert cnn.scheduler.schedule._target_.endswith("OneCycleLR") and cnn.data.normalize
     assert cnn.trainer.max_epochs == 5
 
 

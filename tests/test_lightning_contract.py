@@ -197,7 +197,8 @@ CASES = {
     "profiler=simple": ({"profiler": "simple"}, False),
     "gradient_clip_val, norm": ({"gradient_clip_val": 0.05}, False),
     "gradient_clip_val, value": (
-        {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"}, False,
+        {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"},
+        False,
     ),
     "accumulate_grad_batches=3": ({"accumulate_grad_batches": 3}, False),
 }

@@ -7,18 +7,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from src.modules.lightning_internals import count_extra_step
+
 
 class Steps(L.LightningModule):
-    """An epoch schedule, and a `dataloader_iter` training_step that draws an epoch's three batches
-    in one call, as a group of steps does (here for one optimizer step per epoch)."""
+    """Three minibatches per epoch, drawn by one `dataloader_iter` training_step call that steps
+    on the first two itself, as a group does, and hands the third to Lightning."""
 
     def __init__(self):
         super().__init__()
         self.layer = nn.Linear(1, 1)
 
     def training_step(self, dataloader_iter):
-        loss = sum(self.layer(x).square().mean() for (x,), _, _ in dataloader_iter)
-        return loss
+        optimizer = self.trainer.optimizers[0]
+        for i in range(3):
+            (x,), _, _ = next(dataloader_iter)
+            loss = self.layer(x).square().mean()
+            if i == 2:
+                return loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            count_extra_step(self.trainer)
 
     def train_dataloader(self):
         return DataLoader(TensorDataset(torch.ones(6, 1)), batch_size=2)
@@ -39,22 +49,28 @@ def trainer(tmp_path_factory):
     return trainer
 
 
-def test_the_step_counts_are_where_count_extra_step_advances_them(trainer):
+def test_the_counts_count_extra_step_advances_are_lightnings_own(trainer):
     epoch_loop = trainer.fit_loop.epoch_loop
     try:
-        step = epoch_loop.automatic_optimization.optim_progress.optimizer.step
+        steps = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total.completed
+        batches = epoch_loop.batch_progress.total.completed
         logging_step = epoch_loop._batches_that_stepped
     except AttributeError as err:
-        pytest.fail(f"Lightning moved a step count that count_extra_step advances: {err}")
-    if not (step.total.completed == trainer.global_step == logging_step == 2):
-        pytest.fail("trainer.global_step or the logging step is no longer counted where "
-                    "count_extra_step advances them: see src/modules/lightning_internals.py")
-    assert callable(step.increment_by)
+        pytest.fail(f"Lightning moved a count that count_extra_step advances: {err}")
+    if not (trainer.global_step == steps == 6 and batches == 6 and logging_step == 6):
+        pytest.fail(
+            "trainer.global_step, the batch count or the logging step is no longer kept where "
+            f"count_extra_step advances it (global_step {trainer.global_step}, steps {steps}, "
+            f"batches {batches}, logging step {logging_step}, all should be 6): see "
+            "src/modules/lightning_internals.py"
+        )
 
 
-def test_lightning_still_skips_epoch_schedules_after_a_dataloader_iter_step(trainer):
+def test_with_every_minibatch_counted_lightning_ends_each_epoch_as_its_own(trainer):
+    # The epoch schedule stepped once per epoch: Lightning saw each epoch's last minibatch.
     lr = trainer.optimizers[0].param_groups[0]["lr"]
-    if lr != pytest.approx(0.1):
-        pytest.fail("Lightning now steps epoch schedules after a dataloader_iter training_step "
-                    f"(lr went from 0.1 to {lr}): step_epoch_schedules would step them twice; "
-                    "drop it from src/modules/lightning_internals.py")
+    if lr != pytest.approx(0.1 * 0.5**2):
+        pytest.fail(
+            f"after two epochs the learning rate is {lr}, not 0.025: Lightning no longer ends a "
+            "grouped epoch on its batch count; see src/modules/lightning_internals.py"
+        )

@@ -55,7 +55,7 @@ def train_eval_predict(tmp_path: Path, *overrides: str) -> dict:
     cfg = compose_config("train", *overrides, f"paths.output_dir={run_dir}")
     validate(cfg)
     run_dir.mkdir()
-    record = train(cfg, run_dir)
+    record = train(cfg, run_dir, overrides=[])
     assert record["status"] == "completed", record
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(ckpt, weights_only=True)  # plain containers and tensors only
@@ -138,13 +138,18 @@ def test_a_network_from_a_file_of_ones_own(tiny_mnist, tmp_path):
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
     events.Reload()
     assert "pictures/first_layer_weights" in events.Tags()["images"]
-    evaluated = run_module("src.eval", f"ckpt_path={ckpt}", "hydra.run.dir=eval", cwd=tmp_path)
+    # A run folder's config builds a class of one's own only when its module is allowed.
+    refused = run_module("src.eval", f"ckpt_path={ckpt}", "hydra.run.dir=eval", cwd=tmp_path)
+    assert refused.returncode == 2 and "allow=[my_net]" in refused.stdout
+    evaluated = run_module("src.eval", f"ckpt_path={ckpt}", "allow=[my_net]", "hydra.run.dir=eval",
+                           cwd=tmp_path)  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     assert read_metrics(tmp_path / "eval")["test/acc"] == pytest.approx(
         read_metrics(tmp_path / "run")["test/acc"]
     )
     digit_pngs(tmp_path / "digits")
-    predicted = run_module("src.predict", f"ckpt_path={ckpt}", "input=digits", cwd=tmp_path)
+    predicted = run_module("src.predict", f"ckpt_path={ckpt}", "input=digits", "allow=[my_net]",
+                           cwd=tmp_path)  # fmt: skip
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
     assert predicted.stdout.count(" prediction: ") == 3
 

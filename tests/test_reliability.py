@@ -4,6 +4,7 @@ import gzip
 import os
 import pickle
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -127,46 +128,113 @@ def corrupt_gz_mnist(root):
     return "t10k-labels-idx1-ubyte.gz is corrupt: its MD5 is not the official"
 
 
+def label_11_mnist(root):
+    """Well-formed IDX files whose labels include an 11."""
+    make_mnist_files(root, n_train=3000, n_test=200)
+    labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[8 + 5] = 11  # the sixth label
+    labels.write_bytes(bytes(data))
+    return "train-labels-idx1-ubyte holds the label 11 (at index 5), not a class from 0 to 9"
+
+
+def folder_for_a_file_mnist(root):
+    make_mnist_files(root, n_train=3000, n_test=200)
+    images = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images.unlink()
+    images.mkdir()
+    return "t10k-images-idx3-ubyte cannot be read (Is a directory)"
+
+
+def garbage_pickle_checkpoint(path):
+    """A zip archive laid out like torch.save's, whose data.pkl is no pickle at all."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x05 these are not pickled objects")
+        archive.writestr("archive/version", "3\n")
+    return "WeightsUnpickler error"
+
+
+# Each case: overrides, what the one line must say; PLACES in them are made by `prepare`.
 BAD_INPUT = {
     "unknown optimizer": (["optimizer=sgdd"], ["Could not find 'optimizer/sgdd'", "adamw"]),
     "wrong type": (["optimizer.lr=abc"], ["optimizer.lr", "'abc'"]),
     "negative lr": (["optimizer.lr=-1"], ["optimizer.lr=-1.0", "must be > 0"]),
     "zero batch": (["data.batch_size=0"], ["data.batch_size=0", "at least 1"]),
     "zero per call": (["model.steps_per_call=0"], ["model.steps_per_call=0", "at least 1"]),
-    "val_check_interval": (["trainer.val_check_interval=2.5"], ["trainer.val_check_interval=2.5",
-                                                                 "fraction of the epoch"]),
-    "limit_train_batches": (["trainer.limit_train_batches=-1"],
-                            ["trainer.limit_train_batches=-1", "number of batches"]),
+    "val_check_interval": (
+        ["trainer.val_check_interval=2.5"],
+        ["trainer.val_check_interval=2.5", "fraction of the epoch"],
+    ),
+    "limit_train_batches": (
+        ["trainer.limit_train_batches=-1"],
+        ["trainer.limit_train_batches=-1", "number of batches"],
+    ),
     "accumulate": (["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0"]),
     "unknown schedule": (["scheduler=cosinee"], ["Could not find 'scheduler/cosinee'", "onecycle"]),
     "unknown trainer flag": (["+trainer.foo=1"], ["trainer.foo is not a setting"]),
+    "epochs not a number": (["trainer.max_epochs=abc"], ["trainer.max_epochs", "'abc'"]),
+    "negative epochs": (["trainer.max_epochs=-3"], ["trainer.max_epochs=-3", "-1 (no limit)"]),
+    "zero epochs": (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "at least 1"]),
+    "steps not a number": (["trainer.max_steps=abc"], ["trainer.max_steps", "'abc'"]),
+    "no devices": (["trainer.devices=0"], ["trainer.devices=0", "a count of at least 1"]),
+    "tpu": (["trainer.accelerator=tpu"], ["trainer.accelerator='tpu'", "cpu"]),
+    "seed not a number": (["seed=abc"], ["seed", "'abc'"]),
+    "negative seed": (["seed=-1"], ["seed=-1", "[0, 2**32)"]),
+    "fractional seed": (["seed=1.5"], ["seed", "'1.5'"]),
+    "ckpt_path a number": (["ckpt_path=123"], ["ckpt_path=123 does not exist"]),
+    "not a bool": (
+        ["callbacks.digit_pictures.histograms=maybe"],
+        ["callbacks.digit_pictures.histograms", "'maybe'"],
+    ),
     "val too large": (["data.val_size=3000"], ["data.val_size=3000", "3000 images"]),
     "unknown key": (["optimizer.lrr=0.1"], ["optimizer.lrr"]),
-    "unknown activation": (["model.net.activation=swish"], ["model.net.activation='swish'",
-                                                             "gelu"]),  # fmt: skip
+    "unknown activation": (
+        ["model.net.activation=swish"],
+        ["model.net.activation='swish'", "gelu"],
+    ),  # fmt: skip
     "missing ckpt": (["ckpt_path=/no/such/last.ckpt"], ["ckpt_path=/no/such/last.ckpt does not"]),
+    "ckpt a folder": (["ckpt_path=EMPTY"], ["ckpt_path=EMPTY is a directory"]),
     "not a ckpt": ([f"ckpt_path={REPO / 'README.md'}"], ["not a PyTorch/Lightning checkpoint"]),
     "unsafe ckpt": (["ckpt_path=EVIL"], ["refused by weights-only loading"]),
+    "garbage data.pkl": (["ckpt_path=GARBAGE"], ["ckpt_path=GARBAGE was refused by weights-only"]),
     "no mnist, no network": (
         ["data.data_dir=EMPTY"],
         ["EMPTY/MNIST/raw", "train-images-idx3-ubyte.gz"],
     ),
+    "data_dir a file": (
+        [f"data.data_dir={REPO / 'README.md'}"],
+        [f"data.data_dir={REPO / 'README.md'} is a file"],
+    ),
     "truncated idx": (["data.data_dir=TRUNCATED"], ["TRUNCATED"]),
     "corrupt gz": (["data.data_dir=CORRUPT"], ["CORRUPT"]),
+    "label 11": (["data.data_dir=LABEL11"], ["LABEL11"]),
+    "a folder for a file": (["data.data_dir=FOLDER"], ["FOLDER"]),
 }
+
+
+def prepare(case: str, tmp_path) -> tuple[dict, list[str]]:
+    """The places a case names, made; and the extra text its line must hold."""
+    names = ("EMPTY", "EVIL", "GARBAGE", "TRUNCATED", "CORRUPT", "LABEL11", "FOLDER")
+    places = {name: tmp_path / name.lower() for name in names}
+    places["EMPTY"].mkdir()
+    write_evil_checkpoint(places["EVIL"])
+    makers = {"truncated idx": (truncated_mnist, "TRUNCATED"),
+              "corrupt gz": (corrupt_gz_mnist, "CORRUPT"),
+              "label 11": (label_11_mnist, "LABEL11"),
+              "a folder for a file": (folder_for_a_file_mnist, "FOLDER"),
+              "garbage data.pkl": (garbage_pickle_checkpoint, "GARBAGE")}  # fmt: skip
+    if case in makers:
+        make, place = makers[case]
+        return places, [make(places[place])]
+    return places, []
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
 def test_bad_input_is_refused_with_one_message(case, base, tmp_path):
     overrides, expected = BAD_INPUT[case]
-    places = {"EMPTY": tmp_path / "empty", "EVIL": tmp_path / "evil.ckpt"}
-    places["TRUNCATED"], places["CORRUPT"] = tmp_path / "truncated", tmp_path / "corrupt"
-    write_evil_checkpoint(places["EVIL"])
-    expected = list(expected)
-    if case == "truncated idx":
-        expected.append(truncated_mnist(places["TRUNCATED"]))
-    if case == "corrupt gz":
-        expected.append(corrupt_gz_mnist(places["CORRUPT"]))
+    places, extra = prepare(case, tmp_path)
 
     def fill(text):
         for name, path in places.items():
@@ -181,28 +249,92 @@ def test_bad_input_is_refused_with_one_message(case, base, tmp_path):
         "http_proxy": "http://127.0.0.1:9",
         "https_proxy": "http://127.0.0.1:9",
     }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.train",
-            *base,
-            *map(fill, overrides),
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cmd = [sys.executable, "-m", "src.train", *base, *map(fill, overrides),
+           f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    for text in expected:
+    assert proc.returncode != 0, output  # 2 for ours; Hydra's own refusals (a typo) exit with 1
+    for text in [*expected, *extra]:
         assert fill(text) in output, output
     assert "Traceback" not in output
     assert not (run_dir / "metrics.json").exists()
     assert not (tmp_path / "pwned").exists()
+
+
+def crafted_run(tmp_path, target: dict):
+    """Someone else's run folder: a real checkpoint whose config builds `target` as its network."""
+    run_dir = tmp_path / "crafted"
+    run_train("+experiment=nand", "data.steps_per_epoch=5", "trainer.max_steps=5",
+              f"hydra.run.dir={run_dir}")  # fmt: skip
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["config"]["model"]["net"] = target
+    torch.save(checkpoint, ckpt)
+    return ckpt
+
+
+@pytest.mark.parametrize("module", ["src.eval", "src.predict"])
+def test_a_run_folder_cannot_run_code_of_its_own(module, tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    ckpt = crafted_run(tmp_path, {"_target_": "builtins.open", "file": str(victim), "mode": "w"})
+    (tmp_path / "digits").mkdir()
+    args = [f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'out'}"]
+    if module == "src.predict":
+        args = [f"ckpt_path={ckpt}", f"input={REPO / 'docs' / 'mnist_first_layer_weights.png'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    assert "model.net._target_=builtins.open is not one of the project's or PyTorch's classes" \
+        in output and "allow=[builtins]" in output  # fmt: skip
+    assert victim.read_text() == "keep me"
+
+
+def test_a_run_folder_may_build_only_classes_even_when_allowed(tmp_path):
+    ckpt = crafted_run(tmp_path, {"_target_": "src.records.write_text", "path": "x", "text": "y"})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "src.eval", f"ckpt_path={ckpt}",
+                           f"hydra.run.dir={tmp_path / 'out'}"], cwd=REPO, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2
+    assert "model.net._target_=src.records.write_text is not a class" in proc.stdout
+
+
+@pytest.mark.parametrize("module", ["src.eval", "src.predict"])
+def test_eval_and_predict_without_a_checkpoint_say_so(module, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = ["input=x"] if module == "src.predict" else [f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    assert "ckpt_path is missing" in output
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tiny_mnist, tmp_path):
+    """Files capped at 200 KB, as a nearly full disk caps them: the first checkpoint (400 KB)
+    cannot be written. The run says so in one line; no half-written file is left behind."""
+
+    def cap_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails, not the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", "+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}",
+         "data.val_size=100", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=cap_files, timeout=300,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    ckpt = run_dir / "checkpoints" / "best-epoch00.ckpt"
+    assert f"no room to write {ckpt} (File too large): free some space, then run it again" in output
+    assert not (run_dir / "metrics.json").exists()
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size == 0]
+    assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob("*.ckpt"))
 
 
 def test_ddp_on_two_cpu_processes_writes_one_run_with_reduced_metrics(tiny_mnist, tmp_path):

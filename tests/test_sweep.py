@@ -1,4 +1,5 @@
-"""Hydra multiruns end to end: job directories, the summary, a diverging job, and resuming."""
+"""Hydra multiruns end to end: job directories named by their settings, the summary, failing jobs,
+and sweeps run again: by settings, never by position, and never trusting a damaged record."""
 
 import csv
 import os
@@ -31,6 +32,15 @@ def read_summary(sweep_dir):
         return list(csv.DictReader(f))
 
 
+def jobs(sweep_dir) -> dict[str, dict]:
+    """The summary's rows by their label (the overrides that differ between jobs)."""
+    return {row["overrides"]: row for row in read_summary(sweep_dir)}
+
+
+def job_dir(sweep_dir, label: str):
+    return sweep_dir / jobs(sweep_dir)[label]["job"]
+
+
 @pytest.fixture(scope="module")
 def sweep(tiny_mnist, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("sweep")
@@ -38,34 +48,40 @@ def sweep(tiny_mnist, tmp_path_factory):
     return sweep_dir, proc
 
 
-def test_every_job_has_its_own_directory_metrics_and_curves(sweep):
+def test_every_job_has_a_directory_named_by_its_settings(sweep, tiny_mnist):
     sweep_dir, _ = sweep
-    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert jobs == ["0", "1", "2", "3"]
+    names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(names) == 4
+    for name, (opt, lr) in zip(names, [("adam", "0.01"), ("sgd", "0.01"), ("adam", "0.1"),
+                                       ("sgd", "0.1")], strict=True):  # fmt: skip
+        # Sorted settings; a long value (the data path) cut short with a hash of it.
+        assert name.startswith("+experiment=mnist_sgd,data.data_dir=%2Ftmp%2F")
+        assert f",data.val_size=100,optimizer.lr={lr},optimizer={opt}," in name
+        assert name.endswith(",trainer.log_every_n_steps=1,trainer.max_epochs=1")
     seen = set()
-    for job in jobs:
-        metrics = read_metrics(sweep_dir / job)
+    for name in names:
+        metrics = read_metrics(sweep_dir / name)
         assert metrics["status"] == "completed" and metrics["steps"] == 8
-        events = EventAccumulator(str(sweep_dir / job), size_guidance={"scalars": 0})
+        events = EventAccumulator(str(sweep_dir / name), size_guidance={"scalars": 0})
         events.Reload()
         assert len(events.Scalars("train/loss_step")) == 8
         assert len(events.Scalars("val/acc")) == 1
         params, metric_tags = read_hparams(events)
         assert "val/acc" in metric_tags and "test/acc" in metric_tags
         seen.add((params["optimizer._target_"], params["optimizer.lr"]))
+        # The record says which settings it belongs to.
+        assert f"optimizer.lr={params['optimizer.lr']}" in metrics["overrides"]
     assert seen == {
         ("torch.optim.SGD", 0.1), ("torch.optim.SGD", 0.01),
         ("torch.optim.Adam", 0.1), ("torch.optim.Adam", 0.01),
     }  # fmt: skip
 
 
-def test_summary_lists_every_job_best_first(sweep):
+def test_summary_lists_every_job_best_first_by_the_experiments_metric(sweep):
     sweep_dir, proc = sweep
     rows = read_summary(sweep_dir)
-    assert [set(rows[0])] == [
-        {"job", "overrides", "val/acc", "test/acc", "train/loss", "fit_seconds", "status"}
-    ]
-    assert len(rows) == 4
+    assert list(rows[0]) == ["overrides", "val/acc", "val/loss", "test/acc", "train/loss",
+                             "fit_seconds", "status", "job"]  # fmt: skip
     assert {row["overrides"] for row in rows} == {
         "optimizer=sgd optimizer.lr=0.1", "optimizer=sgd optimizer.lr=0.01",
         "optimizer=adam optimizer.lr=0.1", "optimizer=adam optimizer.lr=0.01",
@@ -83,46 +99,109 @@ def test_summary_lists_every_job_best_first(sweep):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+def test_a_gate_sweep_is_ranked_by_its_loss(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(
+        [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
+         "trainer.max_steps=300", "optimizer.lr=0.05,2.0,0.5", f"hydra.sweep.dir={tmp_path}"],
+        cwd=REPO, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    rows = read_summary(tmp_path)
+    assert list(rows[0])[:2] == ["overrides", "val/loss"]
+    losses = [float(row["val/loss"]) for row in rows]
+    assert losses == sorted(losses)
+    assert {row["val/acc"] for row in rows} <= {"1.0", "0.75", "0.5", "0.25", "0.0"}
+
+
 def test_a_diverging_job_does_not_end_the_sweep(tiny_mnist, tmp_path):
     run_sweep(tiny_mnist, "optimizer.lr=1e6,0.1", f"hydra.sweep.dir={tmp_path}")
-    status = {row["overrides"]: row["status"] for row in read_summary(tmp_path)}
+    status = {label: row["status"] for label, row in jobs(tmp_path).items()}
     assert status == {"optimizer.lr=1000000.0": "diverged", "optimizer.lr=0.1": "completed"}
-    diverged = read_metrics(tmp_path / "0")
+    diverged = read_metrics(job_dir(tmp_path, "optimizer.lr=1000000.0"))
     assert diverged["status"] == "diverged" and "learning rate 1e+06" in diverged["error"]
-    assert read_metrics(tmp_path / "1")["test/acc"] is not None
+    assert read_metrics(job_dir(tmp_path, "optimizer.lr=0.1"))["test/acc"] is not None
 
 
 def test_a_failing_job_is_recorded_and_the_others_run(tiny_mnist, tmp_path):
     run_sweep(tiny_mnist, "model.net.activation=relu,swish", f"hydra.sweep.dir={tmp_path}")
-    failed = read_metrics(tmp_path / "1")
+    failed = read_metrics(job_dir(tmp_path, "model.net.activation=swish"))
     assert failed["status"] == "failed" and "model.net.activation='swish'" in failed["error"]
-    assert read_metrics(tmp_path / "0")["status"] == "completed"
+    assert read_metrics(job_dir(tmp_path, "model.net.activation=relu"))["status"] == "completed"
     assert [row["status"] for row in read_summary(tmp_path)] == ["completed", "failed"]
 
 
-def test_running_a_sweep_again_resumes_it(tiny_mnist, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    run_sweep(tiny_mnist, *GRID, f"hydra.sweep.dir={sweep_dir}")
-    finished = {job: (sweep_dir / job / "metrics.json") for job in ("0", "1", "2")}
-    before = {job: (p.stat().st_mtime_ns, p.read_text()) for job, p in finished.items()}
-    ckpts = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("[012]/checkpoints/*.ckpt")}
-    (sweep_dir / "3" / "metrics.json").unlink()  # as if job 3 had been killed
-    (sweep_dir / "summary.csv").unlink()
+def nand_sweep(sweep_dir, values: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=50",
+         "trainer.max_steps=100", f"optimizer.lr={values}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
-    run_sweep(tiny_mnist, *GRID, f"hydra.sweep.dir={sweep_dir}")
-    after = {job: (p.stat().st_mtime_ns, p.read_text()) for job, p in finished.items()}
-    assert after == before  # finished jobs are not trained again
-    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
-    assert read_metrics(sweep_dir / "3")["status"] == "completed"
-    assert len(read_summary(sweep_dir)) == 4
+
+def records(sweep_dir) -> dict:
+    """{job directory: (modification time, contents) of its metrics.json}."""
+    return {p.parent.name: (p.stat().st_mtime_ns, p.read_text())
+            for p in sweep_dir.glob("*/metrics.json")}  # fmt: skip
+
+
+def test_a_sweep_run_again_finds_its_jobs_by_their_settings(tmp_path):
+    """Values in another order, one added: the finished jobs are left as they are, each result
+    stays with its own settings, and only the new setting is trained."""
+    assert nand_sweep(tmp_path, "0.5,0.1").returncode == 0
+    before = records(tmp_path)
+    assert len(before) == 2
+    proc = nand_sweep(tmp_path, "0.1,2.0,0.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = records(tmp_path)
+    assert {name: after[name] for name in before} == before  # untouched
+    assert proc.stdout.count("finished earlier (completed): left as it is") == 2
+    rows = jobs(tmp_path)
+    assert set(rows) == {"optimizer.lr=0.5", "optimizer.lr=0.1", "optimizer.lr=2.0"}
+    for label, row in rows.items():
+        assert label in read_metrics(tmp_path / row["job"])["overrides"]
+    # A finished job's log holds its whole life: its run, then the sweep that left it alone.
+    log = (job_dir(tmp_path, "optimizer.lr=0.1") / "train.log").read_text()
+    assert log.index("run directory:") < log.index("finished earlier (completed)")
+
+
+def test_a_damaged_record_is_an_unfinished_job_never_a_crash(tmp_path):
+    assert nand_sweep(tmp_path, "0.5,0.1,1.0").returncode == 0
+    labels = ("optimizer.lr=0.5", "optimizer.lr=0.1", "optimizer.lr=1.0")
+    empty, corrupt, missing = (job_dir(tmp_path, label) for label in labels)
+    (empty / "metrics.json").write_text("")
+    (corrupt / "metrics.json").write_text('{"status": "compl')
+    (missing / "metrics.json").unlink()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    summary = subprocess.run([sys.executable, "-m", "src.sweep", str(tmp_path)], cwd=REPO, env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert summary.returncode == 0, summary.stderr
+    assert {row["status"] for row in read_summary(tmp_path)} == {"unfinished"}
+    report = subprocess.run([sys.executable, "-m", "src.report", str(tmp_path)], cwd=REPO, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    # Run again, each continues from its last checkpoint: the run's whole life is recorded.
+    proc = nand_sweep(tmp_path, "0.5,0.1,1.0")
+    assert proc.returncode == 0 and proc.stdout.count("continuing an unfinished job") == 3
+    for job in (empty, corrupt, missing):
+        record = read_metrics(job)
+        assert record["status"] == "completed" and record["steps"] == 100
+        assert record["fit_seconds"] > 0 and record["resumed_from"].endswith("last.ckpt")
+
+
+def test_summing_up_a_folder_without_jobs_is_refused(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "src.sweep", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and "holds no sweep jobs" in proc.stderr
+    assert not (tmp_path / "summary.csv").exists()
 
 
 def test_joblib_launcher_and_two_sweeps_at_once(tmp_path, tiny_mnist):
     """Two sweeps started together, each with two parallel jobs: four directories, no clash."""
     cmd = [
         sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=50",
-        "trainer.max_steps=50",
-        "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "trainer.max_steps=50", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
@@ -136,7 +215,8 @@ def test_joblib_launcher_and_two_sweeps_at_once(tmp_path, tiny_mnist):
     sweeps = sorted((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert len(sweeps) == 2
     for sweep_dir in sweeps:
-        assert [read_metrics(sweep_dir / job)["seed"] for job in ("0", "1")] == [1, 2]
+        for seed in (1, 2):
+            assert read_metrics(job_dir(sweep_dir, f"seed={seed}"))["seed"] == seed
         assert len(read_summary(sweep_dir)) == 2
 
 
@@ -150,5 +230,5 @@ def test_optuna_search_returns_the_optimized_metric(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = (tmp_path / "optimization_results.yaml").read_text()
-    best = min(read_metrics(tmp_path / job)["val/loss"] for job in ("0", "1"))
+    best = min(read_metrics(tmp_path / row["job"])["val/loss"] for row in read_summary(tmp_path))
     assert f"best_value: {best}" in results

@@ -1,8 +1,20 @@
 """Lightning callbacks that report what a run learned."""
 
+from src.callbacks.config import ConfigInCheckpoints
 from src.callbacks.epoch_table import EpochTable
 from src.callbacks.pictures import DigitPictures, GatePictures
 from src.callbacks.progress import EpochProgressBar
+from src.callbacks.resumed import ResumedSettings
+from src.callbacks.stop import CheckpointOnStop
 from src.callbacks.truth_table import TruthTable
 
-__all__ = ["DigitPictures", "EpochProgressBar", "EpochTable", "GatePictures", "TruthTable"]
+__all__ = [
+    "CheckpointOnStop",
+    "ConfigInCheckpoints",
+    "DigitPictures",
+    "EpochProgressBar",
+    "EpochTable",
+    "GatePictures",
+    "ResumedSettings",
+    "TruthTable",
+]

@@ -16,13 +16,19 @@ COLUMNS = (
 class EpochTable(L.Callback):
     """Keeps every epoch's metrics and duration, and formats them as a table.
 
-    The rows travel in checkpoints, so a resumed run still knows (and prints) its whole history,
-    and `train_seconds` covers every epoch it ever trained.
+    The rows travel in checkpoints, so a resumed run still knows (and prints) its whole history:
+    `train_seconds` covers every epoch it ever trained, and `earlier_fit_seconds` the time its
+    earlier fits (the ones it resumed from) took up to their last checkpoint.
     """
 
     def __init__(self):
         self.rows: list[dict[str, float]] = []
         self.clock = 0.0
+        self.earlier_fit_seconds = 0.0
+        self.fit_started = time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_started = time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.clock = time.perf_counter()
@@ -42,10 +48,12 @@ class EpochTable(L.Callback):
         return sum(row["seconds"] for row in self.rows)
 
     def state_dict(self) -> dict:
-        return {"rows": self.rows}
+        fit_seconds = self.earlier_fit_seconds + time.perf_counter() - self.fit_started
+        return {"rows": self.rows, "fit_seconds": fit_seconds}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
+        self.earlier_fit_seconds = state_dict.get("fit_seconds", 0.0)
 
     def render(self, test: dict[str, float | None]) -> str:
         """The table as text, with the test metrics underneath."""

@@ -1,5 +1,7 @@
 """Pictures of what a network learned, written to TensorBoard's IMAGES and HISTOGRAMS tabs."""
 
+import contextlib
+
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -114,7 +116,10 @@ class DigitPictures(L.Callback):
         self.write(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
-        self.write(trainer)  # what was taken before the run stopped
+        # What was taken before the run stopped, unless writing is what failed (a full disk).
+        if not isinstance(exception, OSError):
+            with contextlib.suppress(OSError):
+                self.write(trainer)
 
     def write(self, trainer: L.Trainer) -> None:
         writer = tensorboard(trainer)

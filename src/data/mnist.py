@@ -103,13 +103,27 @@ class MNISTDataModule(L.LightningDataModule):
         self._check_files()
         try:
             ds = self.dataset_cls(self.data_dir, train=train, download=download)
-        except RuntimeError as err:
+        except (RuntimeError, OSError) as err:
             names = ", ".join(name for name, _ in self.dataset_cls.resources)
             reason = str(err).strip().splitlines()[0]
             raise DatasetUnavailable(
                 f"{self.dataset_cls.__name__} is not readable in {self.raw_folder} ({reason}). "
                 f"Put the four files {names} there, or run once with network access."
-            ) from err
+            ) from None
+        split = "train" if train else "t10k"
+        if len(ds.data) != len(ds.targets):
+            raise DatasetUnavailable(
+                f"{self.raw_folder}/{split}-*-ubyte hold {len(ds.data)} images but "
+                f"{len(ds.targets)} labels: replace them with the official files"
+            )
+        bad = ((ds.targets < 0) | (ds.targets > 9)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetUnavailable(
+                f"{self.raw_folder / f'{split}-labels-idx1-ubyte'} holds the label "
+                f"{int(ds.targets[i])} (at index {i}), not a class from 0 to 9: replace it "
+                "with the official file"
+            )
         return ds.data, ds.targets
 
     def state_dict(self) -> dict[str, float]:
@@ -118,6 +132,11 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _check_files(self) -> None:
         """Refuse truncated or corrupt files with a message, before torchvision trips over them."""
+        if Path(self.data_dir).is_file():
+            raise DatasetUnavailable(
+                f"data.data_dir={self.data_dir} is a file: give the folder that holds "
+                f"{self.dataset_cls.__name__}/raw/"
+            )
         for gz_name, md5 in self.dataset_cls.resources:
             gz = self.raw_folder / gz_name
             extracted = self.raw_folder / gz.stem
@@ -141,8 +160,11 @@ class MNISTDataModule(L.LightningDataModule):
 
 def check_idx_size(path: Path) -> None:
     """An IDX file's header gives its dimensions; its size must match them exactly."""
-    with path.open("rb") as file:
-        data = file.read(16)
+    try:
+        with path.open("rb") as file:
+            data = file.read(16)
+    except OSError as err:  # a folder where the file should be, a file it may not read
+        raise DatasetUnavailable(f"{path} cannot be read ({err.strerror}): replace it") from None
     ndim = data[3] if len(data) >= 4 else 0
     if len(data) < 4 + 4 * ndim or data[2] != 0x08 or not 1 <= ndim <= 3:
         raise DatasetUnavailable(f"{path} is not an MNIST-format IDX file: delete or replace it")

@@ -14,7 +14,7 @@ from torchmetrics import Metric
 
 from src.errors import InputError
 from src.modules.grouping import grouping_blocker
-from src.modules.lightning_internals import count_extra_step, step_epoch_schedules
+from src.modules.lightning_internals import count_extra_step
 
 log = logging.getLogger(__name__)
 # Lightning calls the `dataloader_iter` flavour of training_step experimental; its caveats (the
@@ -103,6 +103,24 @@ class SupervisedModule(L.LightningModule):
         self.grouped = False
         self.__dict__.pop("training_step", None)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What the epoch's metrics need of its steps so far: a run stopped in the middle of an
+        # epoch (SIGTERM) resumes it as if it had never stopped.
+        checkpoint["epoch_steps"] = {
+            "first_step": self.first_step,
+            "losses": [loss for loss, _, _ in self.epoch_steps],
+            "outputs": [out for _, out, _ in self.epoch_steps],
+            "targets": [y for _, _, y in self.epoch_steps],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        steps = checkpoint.get("epoch_steps")
+        if not steps or not steps["losses"]:
+            return
+        self.first_step = steps["first_step"]
+        parts = (steps["losses"], steps["outputs"], steps["targets"])
+        self.epoch_steps = list(zip(*parts, strict=True))
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One minibatch, one optimizer step: Lightning's usual contract."""
         return self.step_loss(batch, self.global_step, self.trainer.log_every_n_steps)
@@ -157,8 +175,6 @@ class SupervisedModule(L.LightningModule):
         last_step = 0 <= trainer.max_steps <= self.global_step
         if trainer.is_last_batch or trainer.should_stop or last_step:
             self.log_epoch()  # the epoch ends here, however it ends
-        if trainer.is_last_batch and self.grouped:
-            step_epoch_schedules(trainer)
 
     def log_epoch(self) -> None:
         """The epoch's training loss and accuracy over its samples, logged once (a self.log call

@@ -1,0 +1,64 @@
+"""Run records (metrics.json, sweep summaries, reports): written whole or not at all, and read
+without trusting them.
+
+A record is written to a temporary file beside it and renamed into place, so a crash or a full
+disk never leaves half of one; a record that is missing, empty or not JSON reads as None, which
+the callers treat as "unknown" (an unfinished job), never as a crash.
+"""
+
+import errno
+import json
+import os
+from pathlib import Path
+
+from src.errors import InputError
+
+
+class RecordError(InputError, OSError):
+    """A record could not be written (a full disk, a read-only folder); the message names it."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(f"could not write {path}: {err.strerror or err}")
+        self.errno, self.strerror, self.filename = err.errno, err.strerror, str(path)
+
+
+def write_text(path: Path, text: str | bytes) -> None:
+    """Write `text` to `path` atomically: the old file, or the new one, never a mixture."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as file:
+            file.write(text.encode() if isinstance(text, str) else text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise RecordError(path, err) from None
+
+
+def write_json(path: Path, record: dict) -> None:
+    write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    """The record at `path`, or None when it is missing, empty, unreadable or not a JSON object."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def no_room(err: BaseException | None) -> OSError | None:
+    """The OSError behind `err` that says the disk is full (or read-only, or over a quota); the
+    one that names its file, if any does."""
+    found = []
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in NO_ROOM:
+            found.append(err)
+        err = err.__cause__ or err.__context__
+    return next((e for e in found if e.filename), found[0] if found else None)

@@ -1,0 +1,24 @@
+"""A test-only callback: the process sends itself SIGTERM at the start or the end of an epoch, as a
+cluster scheduler would at any moment. Lightning stops at the end of an epoch when the signal
+comes there, else after the next training_step call: in the middle of the epoch."""
+
+import os
+import signal
+
+import lightning as L
+
+
+class Sigterm(L.Callback):
+    def __init__(self, epoch: int, at: str):
+        self.epoch = epoch  # counted from 1
+        self.at = at  # "start" or "end"
+
+    def send(self, trainer: L.Trainer, at: str) -> None:
+        if trainer.current_epoch + 1 == self.epoch and at == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.send(trainer, "start")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.send(trainer, "end")

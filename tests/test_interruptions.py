@@ -1,0 +1,173 @@
+"""Stopped runs keep their work: SIGTERM, checkpoints that hold the latest weights, tests of a
+checkpoint that exists, resumes that say what changed, one run per directory."""
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import make_mnist_files, read_metrics, run_train
+
+NUMBERS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps",
+           "epochs")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """2800 training images in batches of 64: 44 steps per epoch."""
+    return make_mnist_files(tmp_path_factory.mktemp("data"), n_train=3000, n_test=200)
+
+
+@pytest.fixture(scope="module")
+def base(data):
+    return ("+experiment=mnist_sgd", f"data.data_dir={data}", "data.val_size=200",
+            "trainer.max_epochs=3")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_train(*base, f"hydra.run.dir={run_dir}")
+    return read_metrics(run_dir)
+
+
+@pytest.mark.parametrize(("at", "per_call", "steps"), [
+    ("end", 10, 44),  # the signal comes as epoch 1 ends: the run stops between epochs
+    ("start", 10, 54),  # it comes as epoch 2 starts: the run stops after a group of 10 steps
+    ("start", 1, 45),  # ... or after Lightning's one step per call
+])  # fmt: skip
+def test_sigterm_saves_the_moment_and_the_resumed_run_ends_as_if_never_stopped(
+    at, per_call, steps, base, uninterrupted, tmp_path
+):
+    """A stopped run says so, keeps a checkpoint of that moment, and its resume ends exactly like
+    a run never stopped, between epochs or in the middle of one."""
+    run_dir = tmp_path / "stopped"
+    sigterm = (
+        "+callbacks.sigterm._target_=tests.signals.Sigterm",
+        f"+callbacks.sigterm.epoch={1 if at == 'end' else 2}",
+        f"+callbacks.sigterm.at={at}",
+    )
+    proc = run_train(*base, *sigterm, f"model.steps_per_call={per_call}",
+                     f"hydra.run.dir={run_dir}", check=False)  # fmt: skip
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    stopped = read_metrics(run_dir)
+    assert stopped["status"] == "interrupted" and stopped["steps"] == steps
+    assert stopped["error"] == f"stopped by SIGTERM at step {steps}"
+    assert stopped["checkpoint"] == "checkpoints/last.ckpt" and "test/acc" not in stopped
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == steps
+    # Resumed into the same directory (the run's own), without the signal.
+    proc = run_train(*base, f"model.steps_per_call={per_call}", f"ckpt_path={ckpt}",
+                     f"hydra.run.dir={run_dir}")  # fmt: skip
+    resumed = read_metrics(run_dir)
+    assert {k: resumed[k] for k in NUMBERS} == {k: uninterrupted[k] for k in NUMBERS}
+    assert resumed["resumed_from"] == str(ckpt)
+    assert resumed["changed_on_resume"] == {
+        "callbacks.sigterm._target_": ["tests.signals.Sigterm", None],
+        "callbacks.sigterm.at": [at, None],
+        "callbacks.sigterm.epoch": [1 if at == "end" else 2, None],
+    }
+    # The epoch table has each epoch once; fit_seconds covers both fits.
+    table = proc.stdout.split("results:\n")[1].splitlines()
+    assert [line.split()[0] for line in table[1:4]] == ["1", "2", "3"]
+    assert table[4].startswith("test/loss")
+    assert resumed["fit_seconds"] > stopped["fit_seconds"] > 0
+
+
+def test_last_checkpoint_holds_the_latest_epoch_even_when_it_is_not_the_best(base, tmp_path):
+    # monitor.mode=min on val/acc: the first epoch stays "best", later ones do not improve it.
+    run_train(*base, "monitor.mode=min", f"hydra.run.dir={tmp_path}")
+    metrics = read_metrics(tmp_path)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == metrics["steps"] == 3 * 44 and last["epoch"] == 2
+    (best,) = (tmp_path / "checkpoints").glob("best-epoch*.ckpt")
+    assert best.name == "best-epoch00.ckpt"
+
+
+def test_the_test_numbers_are_those_of_a_checkpoint_that_exists(base, uninterrupted, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    run_dir = tmp_path / "run"
+    run_train(*base, f"hydra.run.dir={run_dir}")
+    metrics = read_metrics(run_dir)
+    assert metrics["tested"] == "checkpoints/last.ckpt"
+    subprocess.run(
+        [sys.executable, "-m", "src.eval", f"ckpt_path={run_dir / metrics['tested']}",
+         f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    evaluated = read_metrics(tmp_path / "eval")
+    assert (evaluated["test/acc"], evaluated["test/loss"]) == (metrics["test/acc"],
+                                                               metrics["test/loss"])  # fmt: skip
+
+
+def test_a_resume_applies_and_records_a_new_learning_rate(base, tmp_path):
+    first = tmp_path / "first"
+    run_train(*base, "trainer.max_epochs=1", f"hydra.run.dir={first}")
+    ckpt = first / "checkpoints" / "last.ckpt"
+    rest = tmp_path / "rest"
+    proc = run_train(*base, f"ckpt_path={ckpt}", "optimizer.lr=0.1", f"hydra.run.dir={rest}")
+    assert "resuming with changed settings: optimizer.lr: 0.01 → 0.1, trainer.max_epochs: 1 → 3" \
+        in proc.stdout  # fmt: skip
+    record = read_metrics(rest)
+    assert record["changed_on_resume"] == {
+        "optimizer.lr": [0.01, 0.1], "trainer.max_epochs": [1, 3],
+    }  # fmt: skip
+    events = EventAccumulator(str(rest), size_guidance={"scalars": 0})
+    events.Reload()
+    # The rate of the two resumed epochs is the new one, not the checkpoint's.
+    lr = [(e.step, round(e.value, 6)) for e in events.Scalars("train/lr")]
+    assert lr == [(44, 0.1), (88, 0.1)]
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ("model.net.hidden_dim=64", "model.net.hidden_dim (128 → 64)"),
+    ("optimizer=adam", "optimizer._target_ (torch.optim.SGD → torch.optim.Adam)"),
+    ("data.normalize=true", "data.normalize (False → True)"),
+])  # fmt: skip
+def test_a_resume_refuses_what_the_checkpoint_cannot_follow(change, named, base, tmp_path):
+    first = tmp_path / "first"
+    run_train(*base, "trainer.max_epochs=1", f"hydra.run.dir={first}")
+    ckpt = first / "checkpoints" / "last.ckpt"
+    proc = run_train(*base, f"ckpt_path={ckpt}", change, f"hydra.run.dir={tmp_path / 'rest'}",
+                     check=False)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    assert "which a resume cannot change: " in output and named in output
+    assert not (tmp_path / "rest" / "metrics.json").exists()
+
+
+def test_a_checkpoint_of_another_network_is_refused(base, tmp_path):
+    gate = tmp_path / "gate"
+    run_train("+experiment=nand", "data.steps_per_epoch=10", "trainer.max_steps=10",
+              f"hydra.run.dir={gate}")  # fmt: skip
+    ckpt = gate / "checkpoints" / "last.ckpt"
+    # Its config travels with it: the settings it cannot follow are named.
+    proc = run_train(*base, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'a'}", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    assert "model._target_ (src.modules.GateModule → src.modules.DigitModule)" in output
+    # A checkpoint that does not say its settings (another tool's, say): its weights do not fit.
+    checkpoint = torch.load(ckpt, weights_only=True)
+    del checkpoint["config"]
+    torch.save(checkpoint, tmp_path / "foreign.ckpt")
+    proc = run_train(*base, f"ckpt_path={tmp_path / 'foreign.ckpt'}",
+                     f"hydra.run.dir={tmp_path / 'b'}", check=False)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    assert "foreign.ckpt holds the weights of another network (net.hidden.bias: (3,) there, " \
+        "(128,) here)" in output  # fmt: skip
+
+
+def test_a_run_directory_holds_one_run(base, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(*base, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    before = (run_dir / ".hydra" / "config.yaml").read_text()
+    proc = run_train(*base, "seed=7", f"hydra.run.dir={run_dir}", check=False)
+    assert proc.returncode == 2
+    assert f"hydra.run.dir={run_dir} holds another run (metrics.json, checkpoints)" in proc.stdout
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == before  # nothing was written
