@@ -166,6 +166,7 @@ class MNISTSchema:
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     val_size: int = MISSING
+    train_size: int | None = MISSING
     split_seed: int = MISSING
     normalize: bool = MISSING
     download: bool = MISSING
@@ -177,6 +178,8 @@ class MNISTSchema:
             value = getattr(self, key)
             require(value >= 1, f"data.{key}", value, "must be at least 1")
         require(self.val_size < 60_000, "data.val_size", self.val_size, "must be below 60000")
+        if self.train_size is not None:
+            require(self.train_size >= 1, "data.train_size", self.train_size, "must be at least 1")
 
 
 @dataclass
@@ -290,7 +293,7 @@ class TrainerSchema:
     benchmark: bool | None = None
     inference_mode: bool = True
     use_distributed_sampler: bool = True
-    profiler: str | None = None
+    profiler: Any = None  # a name, or a node building one of Lightning's profilers
     detect_anomaly: bool = False
     barebones: bool = False
     sync_batchnorm: bool = False
@@ -353,7 +356,8 @@ class TrainerSchema:
         one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm,
                ("norm", "value", None))  # fmt: skip
         one_of("trainer.deterministic", self.deterministic, (True, False, "warn", None))
-        one_of("trainer.profiler", self.profiler, ("simple", "advanced", "pytorch", None))
+        if not isinstance(self.profiler, dict):  # a node is built from its _target_
+            one_of("trainer.profiler", self.profiler, ("simple", "advanced", "pytorch", None))
 
 
 # --- callbacks ----------------------------------------------------------------------------------
@@ -396,6 +400,7 @@ class TrainSchema:
     name: str = MISSING
     seed: int = MISSING
     ckpt_path: str | None = MISSING
+    lr_find: bool = MISSING
     monitor: MonitorSchema = MISSING
     data: Any = MISSING
     model: Any = MISSING
@@ -444,6 +449,46 @@ def job_dirname(overrides) -> str:
     if len(name) > 200:  # most file systems allow 255 bytes
         name = f"{name[:180]}~{hashlib.sha1(name.encode()).hexdigest()[:12]}"
     return name
+
+
+def unknown_option(args: list[str], conf: Path = Path(__file__).parents[1] / "conf") -> str | None:
+    """The first `group=option` on the command line (a sweep's options included) that names no
+    file of that group under conf/, said in one line with the valid options; None if all do.
+
+    Hydra finds it too, but only after composing, in a dozen lines with its search path.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [arg for arg in args if "=" in arg and not arg.startswith("-")]
+        )
+    except Exception:  # a malformed override: Hydra's own message says where
+        return None
+    for override in overrides:
+        group = conf / override.key_or_group
+        if not group.is_dir() or override.is_delete() or override.key_or_group == "hydra":
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        if override.is_sweep_override():
+            chosen = list(override.sweep_string_iterator())
+        else:
+            chosen = [override.value()]
+        for option in chosen:
+            if option is not None and str(option) != "null" and str(option) not in options:
+                return (f"{override.key_or_group}={option} is not one of: {', '.join(options)} "
+                        f"(conf/{override.key_or_group}/)")  # fmt: skip
+    return None
+
+
+def missing_extra(args: list[str]) -> str | None:
+    """What to install when the command line asks for an optional part this install lacks."""
+    import importlib.util
+
+    searching = any(arg.startswith("hparams_search=") for arg in args)
+    if searching and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        return "hparams_search needs Optuna's sweeper: pip install -e .[optuna]"
+    return None
 
 
 def register() -> None:

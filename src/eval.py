@@ -24,7 +24,9 @@ def main(cfg: DictConfig) -> None:
     except InputError as err:
         log.error("%s", err)
         sys.exit(2)
-    log.info("test/acc %.4f, test/loss %.4f", record["test/acc"], record["test/loss"])
+    # Every test number the module logs (a classifier's test/ece too), as metrics.json has them.
+    tested = sorted(key for key in record if key.startswith("test/"))
+    log.info("%s", ", ".join(f"{key} {record[key]:.4f}" for key in tested))
 
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:

@@ -21,7 +21,8 @@ from src.records import read_json, write_text
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("val/loss", "val/acc", "test/acc", "train/loss", "fit_seconds", "status")
+COLUMNS = ("val/loss", "val/acc", "test/acc", "train/loss", "parameters", "epoch_seconds",
+           "fit_seconds", "status")  # fmt: skip
 
 
 class SweepSummary(Callback):
@@ -50,6 +51,8 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
             overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
         except (OSError, yaml.YAMLError):
             overrides = [job_dir.name]
+        if record.get("train_seconds") and record.get("epochs"):
+            record["epoch_seconds"] = round(record["train_seconds"] / record["epochs"], 2)
         jobs.append({"job": job_dir.name, "dir": job_dir, "overrides": overrides, **record})
     # What every job shares (the experiment, say) says nothing about the differences.
     shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if jobs else set()
@@ -100,30 +103,83 @@ def write_summary(sweep_dir: Path, metric: str | None = None, mode: str | None =
 
 
 def plot_curves(jobs: list[dict], metric: str, path: Path) -> None:
-    """Every job's curve of the experiment's metric on one figure, from its TensorBoard events."""
+    """Every job's curve of the experiment's metric on one figure (its training counterpart
+    dashed in the same colour: the gap between them is overfitting), from its TensorBoard events;
+    beside it, when the jobs differ in one number only, the final metric against that number."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(11, 5.5))
-    ax = fig.subplots()
+    setting = varied_number(jobs)
+    fig = Figure(figsize=(16, 5.5) if setting else (11, 5.5))
+    ax, *against = fig.subplots(1, 2, width_ratios=(3, 2)) if setting else [fig.subplots()]
     colors = colormaps["tab20"].colors
+    train = metric.replace("val/", "train/", 1) if metric.startswith("val/") else None
     for i, job in enumerate(jobs):
         # One point per validation, i.e. per epoch: epochs compare jobs of any batch size.
-        epochs, values = epoch_curve(load_events(job["dir"]), metric)
+        events = load_events(job["dir"])
+        color = colors[i % len(colors)]
+        epochs, values = epoch_curve(events, metric)
         if values:
-            ax.plot(epochs, values, marker="o", color=colors[i % len(colors)], label=job["label"])
+            ax.plot(epochs, values, marker="o", color=color, label=job["label"])
+        if train:
+            epochs, values = epoch_curve(events, train)
+            ax.plot(epochs, values, linestyle="--", color=color, alpha=0.8)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch, {len(jobs)} jobs (best first)")
+    dashed = f"; dashed: {train}" if train else ""
+    ax.set_title(f"{metric} per epoch, {len(jobs)} jobs (best first){dashed}")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.legend(fontsize="small", loc="best")
+    if setting:
+        plot_against(against[0], jobs, metric, setting)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     write_text(path, buffer.getvalue())
+
+
+def varied_number(jobs: list[dict]) -> str | None:
+    """The one override key whose numeric value tells the jobs apart, if there is exactly one."""
+    values: dict[str, set] = {}
+    for job in jobs:
+        for override in job["overrides"]:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varied = [key for key, seen in values.items() if len(seen) > 1]
+    if len(varied) != 1 or len(jobs) < 3:
+        return None
+    try:
+        [setting_value(job, varied[0]) for job in jobs]
+    except ValueError:
+        return None
+    return varied[0]
+
+
+def setting_value(job: dict, key: str) -> float:
+    """The job's value of the override `key`, as a number (ValueError when it is not one)."""
+    return next(float(o.partition("=")[2]) for o in job["overrides"] if o.startswith(f"{key}="))
+
+
+def plot_against(ax, jobs: list[dict], metric: str, setting: str) -> None:
+    """The final `metric` of each job against its `setting`; jobs without one (diverged,
+    failed) marked at the top edge with a red ×."""
+    done = sorted((setting_value(j, setting), j[metric]) for j in jobs if j.get(metric) is not None)
+    lost = sorted(setting_value(j, setting) for j in jobs if j.get(metric) is None)
+    if done:
+        ax.plot(*zip(*done, strict=True), marker="o", color="tab:blue", label=f"final {metric}")
+    if lost:
+        ax.scatter(lost, [1.0] * len(lost), marker="x", s=80, color="tab:red", zorder=3,
+                   transform=ax.get_xaxis_transform(), clip_on=False,
+                   label="diverged or failed (no value)")  # fmt: skip
+    numbers = [setting_value(j, setting) for j in jobs]
+    if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:
+        ax.set_xscale("log")
+    ax.set(xlabel=setting, ylabel=metric, title=f"final {metric} against {setting}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small", loc="best")
 
 
 def main(argv: list[str]) -> None:

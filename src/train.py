@@ -11,6 +11,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -19,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import register, validate
+from src.config import missing_extra, register, unknown_option, validate
 from src.errors import ConfigError, InputError
 from src.records import no_room, read_json, write_json
 from src.resume import resume_changes
@@ -27,7 +28,8 @@ from src.resume import resume_changes
 log = logging.getLogger(__name__)
 register()
 
-FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
+FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+                 "test/ece")  # fmt: skip
 FINISHED = ("completed", "diverged")  # a sweep run again leaves these jobs as they are
 EXIT_STATUS = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": 128 + 15}  # as if killed
 
@@ -100,11 +102,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
 
     from src.callbacks import ConfigInCheckpoints, EpochTable, ResumedSettings
     from src.checkpoints import check_weights_fit, read_checkpoint
+    from src.lr_finder import find_learning_rate
     from src.modules import Diverged
 
-    # `import lightning` adds a console handler of its own; Hydra's handlers already print its
-    # messages and copy them into train.log, so drop it rather than print every line twice.
-    logging.getLogger("lightning").handlers.clear()
+    quiet_console()
     # TensorBoard writes from a thread of its own; a full disk is reported by the main thread at
     # its next write, once, not also as that thread's traceback.
     threading.excepthook = quiet_when_no_room(threading.excepthook)
@@ -118,6 +119,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     datamodule, model, trainer = build(cfg)
     if checkpoint:
         check_weights_fit(checkpoint, model, ckpt)  # a network it does not fit: one line
+    # Before the run's own callbacks see anything; a resumed run has its learning rate already.
+    finding = cfg.lr_find and not checkpoint
+    suggestion = find_learning_rate(cfg, model, datamodule, run_dir) if finding else None
     trainer.callbacks.append(ConfigInCheckpoints(OmegaConf.to_container(cfg, resolve=False)))
     if changes:
         trainer.callbacks.append(ResumedSettings(changes))
@@ -140,6 +144,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     # epoch left to run and so logs nothing.
     last_epoch = table.rows[-1] if table and table.rows else {}
     metrics = read_metrics({**last_epoch, **trainer.callback_metrics})
+    # A classifier's loss before its first optimizer step (src/modules/supervised.py); a resumed
+    # run starts past that step, so its record has no first_loss.
+    first_loss = getattr(model, "first_loss", None)
+    if first_loss is not None:
+        metrics["first_loss"] = first_loss if math.isfinite(first_loss) else None
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     tested = None
     if status == "completed":
@@ -154,9 +163,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         "seed": cfg.seed,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
+        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "fit_seconds": round(fit_seconds, 3),
         **({"train_seconds": round(table.train_seconds, 3)} if table else {}),
         "status": status,
+        # Lightning's fast_dev_run (+debug=fdr) checks the code on one batch: no real result.
+        **({"fast_dev_run": True} if trainer.fast_dev_run else {}),
     }
     if error:
         record["error"] = error
@@ -165,13 +177,15 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         record["tested"] = str(tested.relative_to(run_dir)) if tested else "final weights in memory"
     if last_ckpt.is_file():
         record["checkpoint"] = str(last_ckpt.relative_to(run_dir))  # to resume from
+    if finding:
+        record["lr_find"] = {"suggestion": suggestion, "plot": "lr_find.png"}
     if ckpt:
         record["resumed_from"] = str(ckpt)
         record["changed_on_resume"] = changes  # None: the checkpoint does not say its settings
     record |= {"monitor": OmegaConf.to_container(cfg.monitor), "overrides": overrides}
     if not trainer.is_global_zero:
         return record  # under DDP, rank 0 alone writes the run's files
-    log_hparams(trainer, cfg, metrics)
+    log_settings(trainer, cfg)
     write_json(run_dir / "metrics.json", record)
 
     if table is not None:
@@ -198,12 +212,20 @@ def build(cfg: DictConfig):
     except InstantiationException as err:
         if isinstance(err.__cause__, NetworkMismatch):
             raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
+        if isinstance(err.__cause__, TypeError):  # a setting the network does not take
+            raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
         raise
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     if cfg.trainer.enable_progress_bar is False:
         # No bar, as the flag says: Lightning refuses one among the callbacks then.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
+    try:
+        loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
+    except InstantiationException as err:
+        # MLflow is an optional extra: Lightning's MLFlowLogger raises this when it is missing.
+        if isinstance(err.__cause__, ModuleNotFoundError) and "mlflow" in str(err.__cause__):
+            raise ConfigError("logger=mlflow needs MLflow: pip install -e .[mlflow]") from None
+        raise
     try:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     except InstantiationException as err:
@@ -211,6 +233,21 @@ def build(cfg: DictConfig):
             raise ConfigError(f"trainer: {str(err.__cause__).strip().splitlines()[0]}") from None
         raise
     return datamodule, model, trainer
+
+
+def quiet_console() -> None:
+    """Leave out of the console what tells a user nothing about their run; each was checked not
+    to apply here."""
+    # `import lightning` adds a console handler of its own; Hydra's handlers already print its
+    # messages and copy them into train.log, so drop it rather than print every line twice.
+    logging.getLogger("lightning").handlers.clear()
+    # An advertisement for a cloud logger at every start; the loggers a run uses are in logger/.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+    # Lightning's own code (utilities/_pytree.py) asks torch about a tree spec in a way torch
+    # deprecates; no setting of a run reaches it, and Lightning's next release changes it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def quiet_when_no_room(hook):
@@ -253,37 +290,25 @@ def read_metrics(source: dict, prefix: str = "") -> dict[str, float | None]:
     return {key: value if math.isfinite(value) else None for key, value in values.items()}
 
 
-def log_hparams(trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
-    """Write the flattened config to TensorBoard's HPARAMS tab, tied to the final metrics.
+def log_settings(trainer, cfg: DictConfig) -> None:
+    """The run's chosen settings for every logger: TensorBoard's HPARAMS tab (src/loggers.py),
+    MLflow's params, the CSV logger's hparams.yaml."""
+    from src.loggers import TensorBoardLogger, chosen_settings
 
-    The tab reads each metric's value from the scalar curve of the same tag: the metric names are
-    the tags the run logged its epoch values under.
-    """
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from torch.utils.tensorboard.summary import hparams
-    from torch.utils.tensorboard.writer import FileWriter
-
+    settings = chosen_settings(cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            params = flatten(OmegaConf.to_container(cfg, resolve=True))
-            # An event file of its own beside the run's: the logger's writer is closed by now.
-            writer = FileWriter(logger.log_dir)
-            for summary in hparams(params, metrics):
-                writer.add_summary(summary)
-            writer.close()
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
-    """Nested config → {"optimizer.lr": 0.01, ...} with TensorBoard-friendly values."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{name}.")
+            logger.log_settings(settings)
         else:
-            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return flat
+            logger.log_hyperparams(settings)
+            logger.save()
 
 
 if __name__ == "__main__":
+    # A group option that does not exist (scheduler=cosinee, +debug=nope): one line, as for
+    # every other bad value, before Hydra composes anything.
+    refusal = unknown_option(sys.argv[1:]) or missing_extra(sys.argv[1:])
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(2)
     main()

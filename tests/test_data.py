@@ -11,9 +11,11 @@ from torchvision.transforms import ToTensor
 from src.data import LogicGateDataModule, MNISTDataModule
 from src.data.logic_gates import TRUTH_TABLES
 from src.data.mnist import DatasetUnavailable
+from src.errors import ConfigError
 from tests.conftest import make_mnist_files
 
 SETTINGS = {"dataset": "mnist", "batch_size": 64, "eval_batch_size": 5000, "val_size": 100,
+            "train_size": None,
             "split_seed": 0, "normalize": False, "download": True, "seed": 0}  # fmt: skip
 
 
@@ -113,6 +115,17 @@ def test_missing_files_name_the_folder(tmp_path):
 def test_validation_split_larger_than_the_training_set_is_refused(tiny_mnist):
     with pytest.raises(ValueError, match="data.val_size=600"):
         MNISTDataModule(data_dir=str(tiny_mnist), **(SETTINGS | {"val_size": 600})).setup("fit")
+
+
+def test_train_size_keeps_the_same_first_images_of_the_split(tiny_mnist):
+    full = MNISTDataModule(data_dir=str(tiny_mnist), **SETTINGS)
+    part = MNISTDataModule(data_dir=str(tiny_mnist), **(SETTINGS | {"train_size": 50}))
+    for dm in (full, part):
+        dm.setup("fit")
+    assert len(part.train_set) == 50 and len(part.val_set) == len(full.val_set) == 100
+    assert torch.equal(part.train_set.tensors[0], full.train_set.tensors[0][:50])
+    with pytest.raises(ConfigError, match="data.train_size=501 is more than the 500"):
+        MNISTDataModule(data_dir=str(tiny_mnist), **(SETTINGS | {"train_size": 501})).setup("fit")
 
 
 def test_unknown_dataset_names_the_valid_ones():

@@ -7,6 +7,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import make_mnist_files, read_metrics, run_train
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 NUMBERS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps",
            "epochs")  # fmt: skip
 

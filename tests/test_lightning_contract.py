@@ -20,6 +20,8 @@ from src.data import MNISTDataModule
 from src.models import DigitClassifier
 from src.modules import DigitModule
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 STEPS_PER_EPOCH = 16  # 500 training images in batches of 32; groups of 5 end mid-epoch
 
 
@@ -116,7 +118,7 @@ def fit(data_dir, tmp_path, steps_per_call, flags=None, schedule="constant", mod
     L.seed_everything(0)
     data = MNISTDataModule(
         data_dir=str(data_dir), dataset="mnist", batch_size=32, eval_batch_size=25, val_size=100,
-        split_seed=0, normalize=False, download=False, seed=0,
+        train_size=None, split_seed=0, normalize=False, download=False, seed=0,
     )  # fmt: skip
     scheduler = None if schedule is None else {"name": "train/lr", **SCHEDULES[schedule]}
     model = module(

@@ -21,6 +21,9 @@ from src.predict import predict
 from src.train import train
 from tests.conftest import REPO, read_metrics
 
+pytestmark = pytest.mark.slow  # every test here trains
+GATE_NETS = ("logic_gate", "linear_gate")  # the others are digit networks
+
 NETS = sorted(p.stem for p in (REPO / "conf/model/net").glob("*.yaml") if p.stem != "custom")
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -33,7 +36,7 @@ def compose_config(name: str, *overrides: str):
 
 def short(experiment: str, data_dir: Path) -> tuple[str, ...]:
     """A few steps of the experiment, with a validation and a checkpoint."""
-    if experiment in ("nand", "xor"):
+    if experiment.startswith(("nand", "xor")):
         return ("data.steps_per_epoch=5", "trainer.max_steps=5")
     return (f"data.data_dir={data_dir}", "data.val_size=100", "trainer.max_epochs=1",
             "trainer.limit_train_batches=3")  # fmt: skip
@@ -82,7 +85,7 @@ def test_every_experiment_checkpoints_and_comes_back(experiment, tiny_mnist, tmp
 
 @pytest.mark.parametrize("net", NETS)
 def test_every_network_checkpoints_and_comes_back(net, tiny_mnist, tmp_path):
-    experiment = "nand" if net == "logic_gate" else "mnist_sgd"
+    experiment = "nand" if net in GATE_NETS else "mnist_sgd"
     train_eval_predict(tmp_path, f"+experiment={experiment}", f"model/net={net}",
                        *short(experiment, tiny_mnist))  # fmt: skip
 

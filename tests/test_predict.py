@@ -200,6 +200,7 @@ def bad_pictures(folder: Path) -> None:
     (folder / "notes.png").write_text("not a picture")
 
 
+@pytest.mark.slow
 def test_the_command_skips_bad_files_and_says_when_it_is_unsure(checkpoint, tmp_path):
     folder = tmp_path / "digits"
     folder.mkdir()
@@ -223,6 +224,7 @@ def test_the_command_skips_bad_files_and_says_when_it_is_unsure(checkpoint, tmp_
     assert len(lines) == 7
 
 
+@pytest.mark.slow
 def test_the_command_refuses_a_bad_file_or_a_folder_of_them_in_one_line(checkpoint, tmp_path):
     bad_pictures(tmp_path)
     one = run_module("src.predict", f"ckpt_path={checkpoint}", f"input={tmp_path / 'dot.png'}",

@@ -13,6 +13,8 @@ from torch import nn
 
 from tests.conftest import REPO, read_metrics, run_train
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 TINY = ("data.val_size=100", "trainer.log_every_n_steps=1")
 
 
@@ -22,16 +24,14 @@ def load_events(run_dir):
     return events
 
 
-def read_hparams(events) -> tuple[dict, list[str]]:
-    """The run's hyperparameters and metric tags, as TensorBoard's HPARAMS tab reads them."""
+def read_hparams(events) -> dict:
+    """The run's settings as TensorBoard's HPARAMS tab reads them (its session start info)."""
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    params = {}
-    for key, value in start.session_start_info.hparams.items():
-        params[key] = getattr(value, value.WhichOneof("kind"))
-    metrics = [info.name.tag for info in experiment.experiment.metric_infos]
-    return params, metrics
+    return {
+        key: getattr(value, value.WhichOneof("kind"))
+        for key, value in start.session_start_info.hparams.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +91,47 @@ def test_tensorboard_reads_back_every_curve(mnist_run):
     assert events.Scalars("test/acc")[-1].value == pytest.approx(metrics["test/acc"])
 
 
-def test_hparams_carry_the_config_and_real_final_metrics(mnist_run):
+def test_hparams_hold_the_chosen_settings_with_their_types(mnist_run):
+    """What a person compares, counts as whole numbers, and no experiment summary: TensorBoard
+    then takes every run's columns, not the first run's."""
     run_dir, _ = mnist_run
     events = load_events(run_dir)
-    params, metric_tags = read_hparams(events)
-    assert params["optimizer.lr"] == pytest.approx(0.01)
-    assert params["data.batch_size"] == 64
-    assert params["model.net.activation"] == "relu"
-    assert set(metric_tags) == {
-        "train/loss",
-        "train/acc",
-        "val/loss",
-        "val/acc",
-        "test/loss",
-        "test/acc",
-    }
+    assert read_hparams(events) == {
+        "experiment": "mnist_sgd", "seed": "42", "trainer.max_epochs": "2",
+        "model.net": "DigitClassifier", "model.net.hidden_dim": "128",
+        "model.net.activation": "relu",
+        "data.dataset": "mnist", "data.batch_size": "64", "data.val_size": "100",
+        "data.normalize": False,
+        "optimizer": "SGD", "optimizer.lr": 0.01, "optimizer.momentum": 0.0,
+        "optimizer.weight_decay": 0.0, "optimizer.dampening": 0.0, "optimizer.nesterov": False,
+        "scheduler": "ConstantLR", "scheduler.factor": 1.0, "scheduler.total_iters": "0",
+    }  # fmt: skip
+    assert "_hparams_/experiment" not in events.PluginTagToContent("hparams")
     metrics = read_metrics(run_dir)
-    for tag in metric_tags:  # the HPARAMS tab shows the last value of each of these curves
+    for tag in ("train/loss", "val/acc", "test/acc"):  # the tab shows each curve's last value
         assert events.Scalars(tag)[-1].value == pytest.approx(metrics[tag]), tag
+
+
+def test_tensorboard_layout_puts_train_and_val_on_one_chart(mnist_run):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    run_dir, _ = mnist_run
+    events = load_events(run_dir)
+    (tag,) = events.PluginTagToContent("custom_scalars")
+    (layout,) = events.Tensors(tag)
+    charts = {
+        chart.title: list(chart.multiline.tag)
+        for category in layout_pb2.Layout.FromString(layout.tensor_proto.string_val[0]).category
+        for chart in category.chart
+    }
+    assert charts == {
+        "loss": [r"^(train|val)/loss$"],
+        "accuracy": [r"^(train|val)/acc$"],
+        "learning rate": [r"^train/lr"],
+    }
+    tags = events.Tags()["scalars"]
+    # Lightning's epoch counter lives under train/, not in a section of its own.
+    assert "epoch" not in tags and "train/epoch" in tags and "train/lr" in tags
 
 
 def test_grouped_steps_change_nothing_a_user_can_see(tiny_mnist, tmp_path):

@@ -32,6 +32,7 @@ class MNISTDataModule(L.LightningDataModule):
         batch_size: int,
         eval_batch_size: int,
         val_size: int,
+        train_size: int | None,
         split_seed: int,
         normalize: bool,
         download: bool,
@@ -45,6 +46,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
+        self.train_size = train_size
         self.split_seed = split_seed
         self.normalize = normalize
         self.download = download
@@ -86,6 +88,13 @@ class MNISTDataModule(L.LightningDataModule):
             len(images), generator=torch.Generator().manual_seed(self.split_seed)
         )
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        if self.train_size is not None:
+            if self.train_size > len(train_idx):
+                raise ConfigError(
+                    f"data.train_size={self.train_size} is more than the {len(train_idx)} "
+                    f"training images left after data.val_size={self.val_size}"
+                )
+            train_idx = train_idx[: self.train_size]  # the same images whatever the run's seed
         train_x, val_x = to_unit_float(images[train_idx]), to_unit_float(images[val_idx])
         test_images, test_labels = self._read(train=False)
         test_x = to_unit_float(test_images)

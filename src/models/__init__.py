@@ -2,7 +2,8 @@
 
 from src.models.cnn import CNN
 from src.models.digit_classifier import DigitClassifier
+from src.models.linear_gate import LinearGateNet
 from src.models.logic_gate import LogicGateNet
 from src.models.mlp import MLP
 
-__all__ = ["CNN", "MLP", "DigitClassifier", "LogicGateNet"]
+__all__ = ["CNN", "MLP", "DigitClassifier", "LinearGateNet", "LogicGateNet"]

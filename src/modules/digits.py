@@ -11,6 +11,7 @@ class DigitModule(SupervisedModule):
 
     input_shape = (1, 28, 28)
     output_shape = (10,)
+    num_classes = 10
 
     def __init__(
         self,
