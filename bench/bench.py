@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def measure(cmd: list[str]) -> dict:
 
 def framework(experiment: str, args, run: int, *overrides: str) -> dict:
     run_dir = OUT / "runs" / f"{experiment}-{run}{'-single' if overrides else ''}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run directory holds one run (src/resume.py)
     cmd = [
         sys.executable,
         "-m",

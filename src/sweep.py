@@ -111,30 +111,34 @@ def plot_curves(jobs: list[dict], metric: str, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     setting = varied_number(jobs)
-    fig = Figure(figsize=(16, 5.5) if setting else (11, 5.5))
-    ax, *against = fig.subplots(1, 2, width_ratios=(3, 2)) if setting else [fig.subplots()]
-    colors = colormaps["tab20"].colors
     train = metric.replace("val/", "train/", 1) if metric.startswith("val/") else None
-    for i, job in enumerate(jobs):
-        # One point per validation, i.e. per epoch: epochs compare jobs of any batch size.
-        events = load_events(job["dir"])
-        color = colors[i % len(colors)]
-        epochs, values = epoch_curve(events, metric)
-        if values:
-            ax.plot(epochs, values, marker="o", color=color, label=job["label"])
-        if train:
-            epochs, values = epoch_curve(events, train)
-            ax.plot(epochs, values, linestyle="--", color=color, alpha=0.8)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(metric)
-    dashed = f"; dashed: {train}" if train else ""
-    ax.set_title(f"{metric} per epoch, {len(jobs)} jobs (best first){dashed}")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize="small", loc="best")
+    # One point per validation, i.e. per epoch: epochs compare jobs of any batch size.
+    curves = [{tag: epoch_curve(events, tag) for tag in (metric, train) if tag}
+              for events in (load_events(job["dir"]) for job in jobs)]  # fmt: skip
+    # One-epoch jobs have no curve to draw: their final values against the setting say it all.
+    per_epoch = not setting or any(len(c[metric][1]) > 1 for c in curves)
+    panels = [per_epoch, bool(setting)]
+    fig = Figure(figsize=(16, 5.5) if all(panels) else (11, 5.5))
+    axes = list(fig.subplots(1, 2, width_ratios=(3, 2))) if all(panels) else [fig.subplots()]
+    if per_epoch:
+        ax = axes.pop(0)
+        colors = colormaps["tab10" if len(jobs) <= 10 else "tab20"].colors
+        for i, (job, curve) in enumerate(zip(jobs, curves, strict=True)):
+            color = colors[i % len(colors)]
+            if curve[metric][1]:
+                ax.plot(*curve[metric], marker="o", color=color, label=job["label"])
+            if train:
+                ax.plot(*curve[train], linestyle="--", color=color, alpha=0.8)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        dashed = f"; dashed: {train}" if train else ""
+        ax.set_title(f"{metric} per epoch, {len(jobs)} jobs (best first){dashed}")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small", loc="best")
     if setting:
-        plot_against(against[0], jobs, metric, setting)
+        plot_against(axes[0], jobs, metric, setting)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -164,16 +168,24 @@ def setting_value(job: dict, key: str) -> float:
 
 
 def plot_against(ax, jobs: list[dict], metric: str, setting: str) -> None:
-    """The final `metric` of each job against its `setting`; jobs without one (diverged,
-    failed) marked at the top edge with a red ×."""
+    """The final `metric` of each job against its `setting`. Diverged jobs are marked in red:
+    with a ring where the loss ended above the job's first loss (the network got worse than
+    untrained), with a × at the top edge where there is no value (it stopped being finite)."""
     done = sorted((setting_value(j, setting), j[metric]) for j in jobs if j.get(metric) is not None)
-    lost = sorted(setting_value(j, setting) for j in jobs if j.get(metric) is None)
     if done:
         ax.plot(*zip(*done, strict=True), marker="o", color="tab:blue", label=f"final {metric}")
+    worse = [(setting_value(j, setting), j[metric]) for j in jobs if metric.endswith("loss")
+             and j.get(metric) is not None and j.get("first_loss") is not None
+             and j[metric] > j["first_loss"]]  # fmt: skip
+    if worse:
+        ax.scatter(*zip(*worse, strict=True), s=160, facecolors="none", edgecolors="tab:red",
+                   linewidths=2, zorder=3,
+                   label="diverged: ended above its first loss")  # fmt: skip
+    lost = sorted(setting_value(j, setting) for j in jobs if j.get(metric) is None)
     if lost:
         ax.scatter(lost, [1.0] * len(lost), marker="x", s=80, color="tab:red", zorder=3,
                    transform=ax.get_xaxis_transform(), clip_on=False,
-                   label="diverged or failed (no value)")  # fmt: skip
+                   label="diverged or failed: no value")  # fmt: skip
     numbers = [setting_value(j, setting) for j in jobs]
     if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:
         ax.set_xscale("log")

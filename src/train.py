@@ -8,6 +8,7 @@ next to TensorBoard's curves.
 import gc
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -16,7 +17,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -304,6 +310,14 @@ def log_settings(trainer, cfg: DictConfig) -> None:
             logger.save()
 
 
+def composition_error(err: Exception) -> str:
+    """One line for a command line Hydra cannot compose: the key and what it takes."""
+    cause = err.__cause__ or err
+    key = getattr(cause, "full_key", None)
+    said = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
+    return f"{key}: {said}" if key else said
+
+
 if __name__ == "__main__":
     # A group option that does not exist (scheduler=cosinee, +debug=nope): one line, as for
     # every other bad value, before Hydra composes anything.
@@ -311,4 +325,11 @@ if __name__ == "__main__":
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         sys.exit(2)
-    main()
+    # Hydra reports a command line it cannot compose (optimizer.lr=abc) in several lines and
+    # exits with 1; let it raise instead, and say it in one line with the status of bad input.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
+        print(f"error: {composition_error(err)}", file=sys.stderr)
+        sys.exit(2)

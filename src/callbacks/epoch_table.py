@@ -65,7 +65,7 @@ class EpochTable(L.Callback):
             ]
             cells.append(f"{row['seconds']:>9.1f}")
             lines.append("  ".join(cells))
-        for key in ("test/loss", "test/acc"):
+        for key in ("test/loss", "test/acc", "test/ece"):
             if key in test:
                 lines.append(f"{key}: {format_metric(key, test[key])}")
         return "\n".join(lines)
