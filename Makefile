@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Where the four MNIST .gz files already are, if anywhere; otherwise torchvision downloads them.
 MNIST_RAW ?= ../shared/datasets/MNIST/raw
+# Tests at once (pytest-xdist): much of a test is a training process starting up on one core.
+TEST_WORKERS ?= 2
 
 .PHONY: help install lock data train test test-fast lint tensorboard bench clean
 
@@ -42,12 +44,12 @@ data: ## link local MNIST files (MNIST_RAW=...) into data/MNIST/raw, if there ar
 train: install data ## train the primer's MNIST classifier (+experiment=mnist_sgd; more with ARGS=...)
 	$(PY) -m src.train +experiment=mnist_sgd $(ARGS)
 
-test: $(VENV)/.dev data ## lint, then run the whole test suite (about 8 minutes on 2 cores)
+test: $(VENV)/.dev data ## lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-fast: $(VENV)/.dev data ## the tests not marked slow (under a minute)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 lint: $(VENV)/.dev ## ruff check and format check
 	$(VENV)/bin/ruff check .
