@@ -126,15 +126,22 @@ def test_a_resume_applies_and_records_a_new_learning_rate(base, tmp_path):
     assert lr == [(44, 0.1), (88, 0.1)]
 
 
+@pytest.fixture(scope="module")
+def one_epoch(base, tmp_path_factory):
+    """A run of one epoch, to resume from."""
+    run_dir = tmp_path_factory.mktemp("one_epoch")
+    run_train(*base, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 @pytest.mark.parametrize(("change", "named"), [
     ("model.net.hidden_dim=64", "model.net.hidden_dim (128 → 64)"),
     ("optimizer=adam", "optimizer._target_ (torch.optim.SGD → torch.optim.Adam)"),
     ("data.normalize=true", "data.normalize (False → True)"),
 ])  # fmt: skip
-def test_a_resume_refuses_what_the_checkpoint_cannot_follow(change, named, base, tmp_path):
-    first = tmp_path / "first"
-    run_train(*base, "trainer.max_epochs=1", f"hydra.run.dir={first}")
-    ckpt = first / "checkpoints" / "last.ckpt"
+def test_a_resume_refuses_what_the_checkpoint_cannot_follow(change, named, base, one_epoch,
+                                                            tmp_path):  # fmt: skip
+    ckpt = one_epoch / "checkpoints" / "last.ckpt"
     proc = run_train(*base, f"ckpt_path={ckpt}", change, f"hydra.run.dir={tmp_path / 'rest'}",
                      check=False)  # fmt: skip
     output = proc.stdout + proc.stderr

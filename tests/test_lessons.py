@@ -94,13 +94,12 @@ def test_lesson_3_depth_and_width_at_one_budget(tiny_mnist, tmp_path):
 
 
 def test_lesson_4_xor_needs_a_hidden_layer(tmp_path):
-    for name in ("xor_linear", "xor"):
-        run_train(f"+experiment={name}", f"hydra.run.dir={tmp_path / name}")
-    linear, hidden = (read_metrics(tmp_path / name) for name in ("xor_linear", "xor"))
-    assert linear["parameters"] == 3 and hidden["parameters"] == 17
-    # No line separates XOR's classes: mean squared error stays far above the hidden net's.
+    run_train("+experiment=xor_linear", f"hydra.run.dir={tmp_path}")
+    linear = read_metrics(tmp_path)
+    assert linear["parameters"] == 3
+    # No line separates XOR's classes: the mean squared error stays far above the 2 → 4 → 1
+    # net's (below 0.01: test_train.py's test_xor_learns_its_table).
     assert linear["test/loss"] > 0.1 and linear["test/acc"] <= 0.75
-    assert hidden["test/loss"] < 0.01 and hidden["test/acc"] == 1.0
 
 
 def test_lesson_5_normalization_runs_both(tiny_mnist, tmp_path):
