@@ -2,13 +2,12 @@
 the run directory, with nothing of the run itself changed."""
 
 import copy
-import io
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from src.records import write_text
+from src.records import write_png
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,7 @@ def find_learning_rate(cfg: DictConfig, model, datamodule, run_dir: Path) -> flo
     if finder:
         fig = finder.plot(suggest=suggestion is not None, show=False)
         fig.axes[0].set_title(f"learning-rate finder, {STEPS} steps from {MIN_LR:g} to {MAX_LR:g}")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        write_text(run_dir / "lr_find.png", buffer.getvalue())
+        write_png(run_dir / "lr_find.png", fig, dpi=100)
         import matplotlib.pyplot as plt
 
         plt.close(fig)  # Lightning draws it with pyplot, which would keep it

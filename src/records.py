@@ -7,6 +7,7 @@ the callers treat as "unknown" (an unfinished job), never as a crash.
 """
 
 import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -39,6 +40,13 @@ def write_text(path: Path, text: str | bytes) -> None:
 
 def write_json(path: Path, record: dict) -> None:
     write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def write_png(path: Path, fig, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG file, written as atomically as any record."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    write_text(path, buffer.getvalue())
 
 
 def read_json(path: Path) -> dict | None:

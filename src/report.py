@@ -5,7 +5,6 @@ logged (read back from its TensorBoard event files) and its metrics.json; for a 
 summary table and the curves of every job.
 """
 
-import io
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from src.events import epoch_curve, load_events
-from src.records import read_json, write_text
+from src.records import read_json, write_png, write_text
 from src.sweep import job_dirs, read_jobs, write_summary
 
 CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc")}
@@ -35,7 +34,7 @@ def run_report(run_dir: Path) -> Path:
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    write_text(run_dir / "curves.png", png(fig))
+    write_png(run_dir / "curves.png", fig)
 
     lines = [f"# Run `{run_dir.name}`", ""]
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
@@ -71,19 +70,13 @@ def sweep_report(sweep_dir: Path) -> Path:
     if ax.lines:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    write_text(sweep_dir / "train_loss.png", png(fig))
+    write_png(sweep_dir / "train_loss.png", fig)
     lines = [f"# Sweep `{sweep_dir.name}`", "", table, ""]
     lines += ["![validation curves of every job](summary.png)", ""]
     lines += ["![training loss of every job](train_loss.png)", ""]
     report = sweep_dir / "report.md"
     write_text(report, "\n".join(lines))
     return report
-
-
-def png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
 
 
 def main(argv: list[str]) -> None:

@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.events import epoch_curve, load_events
-from src.records import read_json, write_text
+from src.records import read_json, write_png, write_text
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,7 @@ def plot_curves(jobs: list[dict], metric: str, path: Path) -> None:
     if setting:
         plot_against(axes[0], jobs, metric, setting)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_text(path, buffer.getvalue())
+    write_png(path, fig)
 
 
 def varied_number(jobs: list[dict]) -> str | None:

@@ -216,9 +216,8 @@ def build(cfg: DictConfig):
     try:
         model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
     except InstantiationException as err:
-        if isinstance(err.__cause__, NetworkMismatch):
-            raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
-        if isinstance(err.__cause__, TypeError):  # a setting the network does not take
+        # A network that does not fit the task, or a setting it does not take (a TypeError).
+        if isinstance(err.__cause__, (NetworkMismatch, TypeError)):
             raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
         raise
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets
 
-from src.callbacks.pictures import HIST_BINS, add_histogram
+from src.callbacks.pictures import HIST_BINS, histogram
 from tests.conftest import REPO, read_metrics, run_train
 
 
@@ -80,7 +80,7 @@ def test_digit_pictures_have_the_right_sizes(digit_run):
 def test_histograms_agree_with_tensorboards_own(values, tmp_path):
     """Counted by torch, read back by TensorBoard: the same as SummaryWriter.add_histogram."""
     writer = SummaryWriter(tmp_path)
-    add_histogram(writer, "ours", values, step=3)
+    writer.add_histogram_raw("ours", global_step=3, **histogram(values))  # as DigitPictures does
     writer.add_histogram("theirs", values, 3, bins=HIST_BINS)
     writer.close()
     events = load_events(tmp_path)

@@ -51,11 +51,6 @@ def histogram(values: torch.Tensor) -> dict:
     }
 
 
-def add_histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
-    """`values` as a histogram in TensorBoard's HISTOGRAMS tab (see `histogram`)."""
-    writer.add_histogram_raw(tag, global_step=step, **histogram(values))
-
-
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
 
 
