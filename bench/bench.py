@@ -1,11 +1,11 @@
 """`make bench`: the framework against plain PyTorch, measured side by side in one run.
 
-Each round runs, one after the other: the plain tensor loop, the primer-style DataLoader loop,
-`python -m src.train` (several optimizer steps per training_step call, the default) and the same
-with `model.steps_per_call=1` (Lightning's one step per call) for MNIST, then the plain and both
-framework NAND runs. Rounds alternate so that machine noise hits all of them alike; the table
-reports medians (the ratio columns: the median of each round's framework / plain) and writes
-them to outputs/bench/.
+Each round runs, one after the other: the plain tensor loop on one thread and on PyTorch's
+default (one per core), the primer-style DataLoader loop, and `python -m src.train` with its
+default `threads` and with `threads=null` (PyTorch's default) for MNIST, then the same plain and
+framework runs for NAND. Rounds alternate so that machine noise hits all of them alike; the table
+reports medians, and each ratio column the median of each round's framework / plain, against the
+faster of that round's two plain loops. It is written to outputs/bench/.
 
     python bench/bench.py [--repeats 5] [--device cpu|cuda] [--data-dir data]
 """
@@ -45,7 +45,8 @@ def measure(cmd: list[str]) -> dict:
 
 
 def framework(experiment: str, args, run: int, *overrides: str) -> dict:
-    run_dir = OUT / "runs" / f"{experiment}-{run}{'-single' if overrides else ''}"
+    variant = "".join(f"-{o.replace('=', '_')}" for o in overrides)
+    run_dir = OUT / "runs" / f"{experiment}-{run}{variant}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run directory holds one run (src/resume.py)
     cmd = [
         sys.executable,
@@ -78,16 +79,18 @@ def main() -> None:
     mnist = [*plain, "mnist", f"--data-dir={args.data_dir}", f"--device={args.device}"]
 
     samples: dict[str, list[dict]] = {}
-    single = "model.steps_per_call=1"
+    all_cores = "threads=null"
     for run in range(args.repeats):
         jobs = {
-            "plain": lambda: measure(mnist),
+            "plain": lambda: measure([*mnist, "--threads=1"]),
+            "plain, all cores": lambda: measure(mnist),
             "dataloader": lambda: measure([*mnist, "--loader=dataloader"]),
             "framework": lambda run=run: framework("mnist_sgd", args, run),
-            "single": lambda run=run: framework("mnist_sgd", args, run, single),
-            "nand plain": lambda: measure([*plain, "nand"]),
+            "framework, all cores": lambda run=run: framework("mnist_sgd", args, run, all_cores),
+            "nand plain": lambda: measure([*plain, "nand", "--threads=1"]),
+            "nand plain, all cores": lambda: measure([*plain, "nand"]),
             "nand framework": lambda run=run: framework("nand", args, run),
-            "nand single": lambda run=run: framework("nand", args, run, single),
+            "nand framework, all cores": lambda run=run: framework("nand", args, run, all_cores),
         }
         if args.skip_dataloader:
             del jobs["dataloader"]
@@ -98,37 +101,41 @@ def main() -> None:
     def median(name, key):
         return statistics.median(s[key] for s in samples[name]) if name in samples else None
 
-    def ratio(key, base, other):
-        # The ratio of each round's pair, then their median: the machine's speed drifts between
-        # rounds, and both programs of a round share its drift.
-        pairs = zip(samples[base], samples[other], strict=True)
-        return statistics.median(o[key] / b[key] for b, o in pairs)
+    def ratio(key, plain, other):
+        # Each round's ratio to the faster of its two plain loops, then their median: the
+        # machine's speed drifts between rounds, and the programs of a round share its drift.
+        rounds = zip(samples[plain], samples[f"{plain}, all cores"], samples[other], strict=True)
+        return statistics.median(o[key] / min(a[key], b[key]) for a, b, o in rounds)
 
-    def row(label, key, names, ratios, unit="s"):
+    def row(label, key, names, plain, unit="s"):
         values = [median(name, key) for name in names]
         cells = ["-" if v is None else f"{v:.1f}" if unit == "MiB" else f"{v:.2f}" for v in values]
-        cells += [f"{ratio(key, names[0], other):.2f}×" for other in ratios]
+        frameworks = [name for name in names if "framework" in name]
+        cells += [f"{ratio(key, plain, name):.2f}×" for name in frameworks]
         return f"| {label} ({unit}) | " + " | ".join(cells) + " |"
 
-    mnist_runs = ["plain", "dataloader", "framework", "single"]
-    gate_runs = ["nand plain", "nand framework", "nand single"]
+    mnist_runs = ["plain", "plain, all cores", "dataloader", "framework", "framework, all cores"]
+    gate_runs = ["nand plain", "nand plain, all cores", "nand framework",
+                 "nand framework, all cores"]  # fmt: skip
     lines = [
         f"Median of {args.repeats} alternating rounds, {datetime.now():%Y-%m-%d %H:%M}, "
-        f"{platform.machine()}, {os.cpu_count()} cores, device {args.device}. Framework: the "
-        "default (grouped steps); one step per call: `model.steps_per_call=1`.",
+        f"{platform.machine()}, {os.cpu_count()} cores, device {args.device}. One thread: "
+        "`--threads=1` for the plain loop, the framework's default `threads=1`; all cores: "
+        "PyTorch's default (`threads=null`). Ratios: against the faster plain loop of each round.",
         "",
-        "| MNIST, batch 64, 5 epochs | plain loop | primer DataLoader | framework "
-        "| framework, one step per call | framework / plain | one step per call / plain |",
+        "| MNIST, batch 64, 5 epochs | plain loop, 1 thread | plain loop, all cores "
+        "| primer DataLoader | framework, 1 thread | framework, all cores "
+        "| framework / plain | framework, all cores / plain |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        row("training phase", "train_seconds", mnist_runs, "plain"),
+        row("whole process", "wall", mnist_runs, "plain"),
+        row("peak memory", "rss_mib", mnist_runs, "plain", unit="MiB"),
+        "",
+        "| NAND, 4000 steps | plain loop, 1 thread | plain loop, all cores | framework, 1 thread "
+        "| framework, all cores | framework / plain | framework, all cores / plain |",
         "| --- | --- | --- | --- | --- | --- | --- |",
-        row("training phase", "train_seconds", mnist_runs, ["framework", "single"]),
-        row("whole process", "wall", mnist_runs, ["framework", "single"]),
-        row("peak memory", "rss_mib", mnist_runs, ["framework", "single"], unit="MiB"),
-        "",
-        "| NAND, 4000 steps | plain loop | framework | framework, one step per call "
-        "| framework / plain | one step per call / plain |",
-        "| --- | --- | --- | --- | --- | --- |",
-        row("training phase", "train_seconds", gate_runs, ["nand framework", "nand single"]),
-        row("whole process", "wall", gate_runs, ["nand framework", "nand single"]),
+        row("training phase", "train_seconds", gate_runs, "nand plain"),
+        row("whole process", "wall", gate_runs, "nand plain"),
     ]
     table = "\n".join(lines)
     print("\n" + table)

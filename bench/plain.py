@@ -1,8 +1,8 @@
 """The baselines `make bench` compares the framework with: plain, eager PyTorch programs doing the
 same work as `python -m src.train +experiment=mnist_sgd` (or `nand`), with nothing around them.
 
-    python bench/plain.py mnist [--loader tensors|dataloader] [--device cpu|cuda]
-    python bench/plain.py nand
+    python bench/plain.py mnist [--loader tensors|dataloader] [--device cpu|cuda] [--threads N]
+    python bench/plain.py nand [--threads N]
 
 Prints one JSON line: the training phase's seconds (training and per-epoch validation) and the
 final metrics. The caller times the whole process and reads its peak memory.
@@ -113,5 +113,8 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0: PyTorch's")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(json.dumps(mnist(args) if args.task == "mnist" else nand(args)))

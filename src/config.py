@@ -12,6 +12,7 @@ own default, so that `+trainer.gradient_clip_val=1` or `optimizer.nesterov=true`
 import dataclasses
 import difflib
 import hashlib
+import math
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -47,6 +48,13 @@ def is_count(value) -> bool:
 # --- optimizer/ ---------------------------------------------------------------------------------
 
 
+def require_rate(lr: float, weight_decay: float) -> None:
+    """An optimizer's learning rate and weight decay: finite, as PyTorch's optimizers need them."""
+    require(math.isfinite(lr) and lr > 0, "optimizer.lr", lr, "must be a finite number > 0")
+    require(math.isfinite(weight_decay) and weight_decay >= 0, "optimizer.weight_decay",
+            weight_decay, "must be a finite number >= 0")  # fmt: skip
+
+
 @dataclass
 class SGDSchema:
     _target_: str = MISSING
@@ -58,9 +66,8 @@ class SGDSchema:
     nesterov: bool = False
 
     def __post_init__(self):
-        require(self.lr > 0, "optimizer.lr", self.lr, "must be > 0")
-        require(self.momentum >= 0, "optimizer.momentum", self.momentum, "must be >= 0")
-        require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "must be >= 0")
+        require_rate(self.lr, self.weight_decay)
+        require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must be in [0, 1)")
 
 
 @dataclass
@@ -74,8 +81,7 @@ class AdamSchema:
     amsgrad: bool = False
 
     def __post_init__(self):
-        require(self.lr > 0, "optimizer.lr", self.lr, "must be > 0")
-        require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "must be >= 0")
+        require_rate(self.lr, self.weight_decay)
         require(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "optimizer.betas",
@@ -201,11 +207,6 @@ class LogicGateDataSchema:
 class ModuleSchema:
     _target_: str = MISSING
     net: Any = MISSING
-    steps_per_call: int = MISSING
-
-    def __post_init__(self):
-        require(self.steps_per_call >= 1, "model.steps_per_call", self.steps_per_call,
-                "must be at least 1")  # fmt: skip
 
 
 @dataclass
@@ -401,6 +402,7 @@ class TrainSchema:
     seed: int = MISSING
     ckpt_path: str | None = MISSING
     lr_find: bool = MISSING
+    threads: int | None = MISSING
     monitor: MonitorSchema = MISSING
     data: Any = MISSING
     model: Any = MISSING
@@ -413,6 +415,8 @@ class TrainSchema:
 
     def __post_init__(self):
         require(0 <= self.seed < 2**32, "seed", self.seed, "must be in [0, 2**32)")
+        if self.threads is not None:
+            require(self.threads >= 1, "threads", self.threads, "must be at least 1 (or null)")
 
 
 SCHEMAS = {

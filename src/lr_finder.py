@@ -27,9 +27,6 @@ def find_learning_rate(cfg: DictConfig, model, datamodule, run_dir: Path) -> flo
                           enable_progress_bar=False, enable_model_summary=False,
                           default_root_dir=str(run_dir))  # fmt: skip
     probe = copy.deepcopy(model)
-    # The finder swaps in a callback that reads every step's loss after the module has chosen how
-    # many steps a training_step call takes: take one per call from the start.
-    probe.steps_per_call = 1
     probe.num_classes = None  # the first loss is the run's own to report, not the probe's
     finder = Tuner(trainer).lr_find(
         probe, datamodule=datamodule, min_lr=MIN_LR, max_lr=MAX_LR,

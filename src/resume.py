@@ -19,7 +19,7 @@ from src.errors import ConfigError
 # What the checkpoint holds state for; within them, what only says how (not what) to compute.
 FIXED = ("model.", "data.", "optimizer._target_", "scheduler.schedule._target_",
          "scheduler.interval")  # fmt: skip
-HOW = ("model.steps_per_call", "data.data_dir", "data.download", "data.eval_batch_size")
+HOW = ("data.data_dir", "data.download", "data.eval_batch_size")
 NOT_SETTINGS = ("ckpt_path",)
 
 

@@ -103,6 +103,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Fit and test the configured model; write and return the run's `metrics.json` record."""
     load_training_stack()
     import lightning as L
+    import torch
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -121,6 +122,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     if changes:
         listed = ", ".join(f"{key}: {then} → {now}" for key, (then, now) in changes.items())
         log.info("resuming with changed settings: %s", listed)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     if checkpoint:

@@ -1,6 +1,7 @@
-"""A test-only callback: the process sends itself SIGTERM at the start or the end of an epoch, as a
-cluster scheduler would at any moment. Lightning stops at the end of an epoch when the signal
-comes there, else after the next training_step call: in the middle of the epoch."""
+"""A test-only callback: the process sends itself SIGTERM at the start or the end of an epoch, or
+after a given optimizer step, as a cluster scheduler would at any moment. Lightning stops at the
+end of an epoch when the signal comes there, else after the next training_step call: in the
+middle of the epoch."""
 
 import os
 import signal
@@ -9,9 +10,10 @@ import lightning as L
 
 
 class Sigterm(L.Callback):
-    def __init__(self, epoch: int, at: str):
+    def __init__(self, epoch: int = 0, at: str = "", step: int | None = None):
         self.epoch = epoch  # counted from 1
         self.at = at  # "start" or "end"
+        self.step = step  # or after this many optimizer steps
 
     def send(self, trainer: L.Trainer, at: str) -> None:
         if trainer.current_epoch + 1 == self.epoch and at == self.at:
@@ -22,3 +24,7 @@ class Sigterm(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.send(trainer, "end")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -110,7 +110,7 @@ def test_the_diagrams_bins_are_those_of_test_ece():
     )
 
 
-def fit(data_dir, net=None, module=None, steps_per_call=5, **flags) -> L.LightningModule:
+def fit(data_dir, net=None, module=None, **flags) -> L.LightningModule:
     """A real Trainer's fit of a DigitModule on the tiny files; 16 steps an epoch."""
     L.seed_everything(0)
     data = MNISTDataModule(
@@ -118,21 +118,13 @@ def fit(data_dir, net=None, module=None, steps_per_call=5, **flags) -> L.Lightni
         train_size=None, split_seed=0, normalize=False, download=False, seed=0,
     )  # fmt: skip
     if module is None:
-        module = DigitModule(net=net, optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.5),
-                             steps_per_call=steps_per_call)  # fmt: skip
+        module = DigitModule(net=net, optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.5))
     trainer = L.Trainer(
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", devices=1, callbacks=[Grouped()], **flags,
+        enable_model_summary=False, accelerator="cpu", devices=1, **flags,
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
     return module
-
-
-class Grouped(L.Callback):
-    """Records whether the fit grouped its steps (the module forgets when fit ends)."""
-
-    def on_train_start(self, trainer, pl_module):
-        pl_module.was_grouped = pl_module.grouped
 
 
 class Unchecked(DigitModule):
@@ -146,25 +138,20 @@ def first_loss_lines(caplog) -> list[logging.LogRecord]:
 
 
 def test_the_check_changes_nothing(tiny_mnist, caplog):
-    """With the check, without it, grouped or one step per call: the same weights, bit for bit;
-    the first loss is the untrained net's loss on the epoch's first minibatch."""
+    """With the check or without it: the same weights, bit for bit; the first loss is the
+    untrained net's loss on the epoch's first minibatch."""
     runs = {}
     with caplog.at_level(logging.INFO, logger="src.modules.supervised"):
-        for name, module, per_call in (("grouped", DigitModule, 5), ("single", DigitModule, 1),
-                                       ("unchecked", Unchecked, 5)):  # fmt: skip
+        for name, module in (("checked", DigitModule), ("unchecked", Unchecked)):
             L.seed_everything(0)
             net = DigitClassifier(hidden_dim=16, activation="relu")
             start = {k: v.clone() for k, v in net.state_dict().items()}
-            module = module(net=net, optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.5),
-                            steps_per_call=per_call)  # fmt: skip
+            module = module(net=net, optimizer=partial(torch.optim.SGD, lr=0.5, momentum=0.5))
             runs[name] = fit(tiny_mnist, module=module, max_epochs=2)
-    grouped, single, unchecked = runs.values()
-    assert (grouped.was_grouped, single.was_grouped, unchecked.was_grouped) == (True, False, True)
-    for name, value in single.net.state_dict().items():
-        assert torch.equal(grouped.net.state_dict()[name], value), name
+    checked, unchecked = runs.values()
+    for name, value in checked.net.state_dict().items():
         assert torch.equal(unchecked.net.state_dict()[name], value), name
-    assert unchecked.first_loss is None and len(first_loss_lines(caplog)) == 2
-    assert grouped.first_loss == single.first_loss
+    assert unchecked.first_loss is None and len(first_loss_lines(caplog)) == 1
     # The first minibatch of epoch 0, through the net as it started.
     data = MNISTDataModule(
         data_dir=str(tiny_mnist), dataset="mnist", batch_size=32, eval_batch_size=100,
@@ -176,7 +163,7 @@ def test_the_check_changes_nothing(tiny_mnist, caplog):
     net = DigitClassifier(hidden_dim=16, activation="relu")
     net.load_state_dict(start)
     with torch.no_grad():
-        assert grouped.first_loss == pytest.approx(
+        assert checked.first_loss == pytest.approx(
             torch.nn.functional.cross_entropy(net(x), y).item(), abs=1e-6
         )
 

@@ -32,24 +32,20 @@ def uninterrupted(base, tmp_path_factory):
     return read_metrics(run_dir)
 
 
-@pytest.mark.parametrize(("at", "per_call", "steps"), [
-    ("end", 10, 44),  # the signal comes as epoch 1 ends: the run stops between epochs
-    ("start", 10, 54),  # it comes as epoch 2 starts: the run stops after a group of 10 steps
-    ("start", 1, 45),  # ... or after Lightning's one step per call
+@pytest.mark.parametrize(("stop", "steps"), [
+    ({"epoch": 1, "at": "end"}, 44),  # as epoch 1 ends: the run stops between epochs
+    ({"epoch": 2, "at": "start"}, 45),  # as epoch 2 starts: the run stops after one step
+    ({"step": 70}, 70),  # in the middle of epoch 2, 26 steps in
 ])  # fmt: skip
 def test_sigterm_saves_the_moment_and_the_resumed_run_ends_as_if_never_stopped(
-    at, per_call, steps, base, uninterrupted, tmp_path
+    stop, steps, base, uninterrupted, tmp_path
 ):
     """A stopped run says so, keeps a checkpoint of that moment, and its resume ends exactly like
     a run never stopped, between epochs or in the middle of one."""
     run_dir = tmp_path / "stopped"
-    sigterm = (
-        "+callbacks.sigterm._target_=tests.signals.Sigterm",
-        f"+callbacks.sigterm.epoch={1 if at == 'end' else 2}",
-        f"+callbacks.sigterm.at={at}",
-    )
-    proc = run_train(*base, *sigterm, f"model.steps_per_call={per_call}",
-                     f"hydra.run.dir={run_dir}", check=False)  # fmt: skip
+    sigterm = ("+callbacks.sigterm._target_=tests.signals.Sigterm",
+               *(f"+callbacks.sigterm.{key}={value}" for key, value in stop.items()))  # fmt: skip
+    proc = run_train(*base, *sigterm, f"hydra.run.dir={run_dir}", check=False)
     assert proc.returncode == 143, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     stopped = read_metrics(run_dir)
@@ -58,16 +54,19 @@ def test_sigterm_saves_the_moment_and_the_resumed_run_ends_as_if_never_stopped(
     assert stopped["checkpoint"] == "checkpoints/last.ckpt" and "test/acc" not in stopped
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == steps
+    # What a checkpoint holds of an epoch does not grow with it: one taken 26 steps into the
+    # second epoch is the size of the one taken at the end of the first (a few bytes of names).
+    (best,) = (run_dir / "checkpoints").glob("best-epoch*.ckpt")
+    assert abs(ckpt.stat().st_size - best.stat().st_size) < 200
     # Resumed into the same directory (the run's own), without the signal.
-    proc = run_train(*base, f"model.steps_per_call={per_call}", f"ckpt_path={ckpt}",
-                     f"hydra.run.dir={run_dir}")  # fmt: skip
+    proc = run_train(*base, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}")
     resumed = read_metrics(run_dir)
     assert {k: resumed[k] for k in NUMBERS} == {k: uninterrupted[k] for k in NUMBERS}
+    assert resumed["first_loss"] == uninterrupted["first_loss"]  # carried by the checkpoint
     assert resumed["resumed_from"] == str(ckpt)
     assert resumed["changed_on_resume"] == {
         "callbacks.sigterm._target_": ["tests.signals.Sigterm", None],
-        "callbacks.sigterm.at": [at, None],
-        "callbacks.sigterm.epoch": [1 if at == "end" else 2, None],
+        **{f"callbacks.sigterm.{key}": [value, None] for key, value in stop.items()},
     }
     # The epoch table has each epoch once; fit_seconds covers both fits.
     table = proc.stdout.split("results:\n")[1].splitlines()

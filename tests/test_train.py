@@ -134,38 +134,6 @@ def test_tensorboard_layout_puts_train_and_val_on_one_chart(mnist_run):
     assert "epoch" not in tags and "train/epoch" in tags and "train/lr" in tags
 
 
-def test_grouped_steps_change_nothing_a_user_can_see(tiny_mnist, tmp_path):
-    """The default run takes up to 100 optimizer steps per training_step call; with
-    model.steps_per_call=1 it takes Lightning's usual one. Wherever max_steps stops inside a call,
-    the same steps happen: bit-identical weights, the same records, every logged value at the
-    same step."""
-    common = ("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "trainer.max_steps=13",
-              "trainer.max_epochs=-1", *TINY)  # fmt: skip
-    runs = {}
-    for per_call in (1, 5, 100):
-        run_dir = tmp_path / str(per_call)
-        run_train(*common, f"model.steps_per_call={per_call}", f"hydra.run.dir={run_dir}")
-        events = load_events(run_dir)
-        runs[per_call] = (
-            torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True),
-            {
-                k: v
-                for k, v in read_metrics(run_dir).items()
-                if not k.endswith("seconds") and k != "overrides"
-            },  # fmt: skip
-            {
-                tag: [(e.step, e.value) for e in events.Scalars(tag)]
-                for tag in events.Tags()["scalars"]
-            },  # fmt: skip
-        )
-        assert runs[per_call][1]["steps"] == runs[per_call][0]["global_step"] == 13
-    (ckpt, record, curves) = runs[1]
-    for other_ckpt, other_record, other_curves in (runs[5], runs[100]):
-        assert other_record == record and other_curves == curves
-        for name, value in ckpt["state_dict"].items():
-            assert torch.equal(value, other_ckpt["state_dict"][name]), name
-
-
 def test_runs_started_together_get_their_own_directories(tmp_path):
     cmd = [sys.executable, "-m", "src.train", "+experiment=nand", "trainer.max_steps=20"]
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
@@ -257,5 +225,3 @@ def test_cosine_schedule_runs_from_the_learning_rate_to_zero_over_the_run(tiny_m
     assert lr[0].value == pytest.approx(0.01)
     assert lr[-1].value == pytest.approx(0.01 * (1 + math.cos(math.pi * 15 / 16)) / 2)
     assert lr[-1].value < 1e-4 and all(a.value > b.value for a, b in zip(lr, lr[1:], strict=False))
-    log = (tmp_path / "train.log").read_text()
-    assert "one optimizer step per training_step call, as the learning-rate schedule" in log

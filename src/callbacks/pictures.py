@@ -94,10 +94,6 @@ class DigitPictures(L.Callback):
     would hold up training for longer than the epoch's validation takes.
     """
 
-    # Its on_train_batch_end looks only at the epoch's last step, on which a group of steps per
-    # training_step call always ends (src/modules/grouping.py).
-    epoch_level_step_hooks = True
-
     def __init__(self, histograms: bool, mistakes: int = 12):
         self.histograms = histograms
         self.mistakes = mistakes

@@ -18,7 +18,6 @@ class DigitModule(SupervisedModule):
         net: nn.Module,
         optimizer: OptimizerFactory | None = None,
         scheduler: dict | None = None,
-        steps_per_call: int = 1,
     ):
         super().__init__(
             net=net,
@@ -26,7 +25,6 @@ class DigitModule(SupervisedModule):
             accuracy=MulticlassAccuracy(10, average="micro", validate_args=False),
             optimizer=optimizer,
             scheduler=scheduler,
-            steps_per_call=steps_per_call,
         )
         # Plain values only (the network's settings are in the run's config), so that every
         # checkpoint loads with weights-only loading.

@@ -17,7 +17,6 @@ class GateModule(SupervisedModule):
         net: nn.Module,
         optimizer: OptimizerFactory | None = None,
         scheduler: dict | None = None,
-        steps_per_call: int = 1,
     ):
         super().__init__(
             net=net,
@@ -25,6 +24,5 @@ class GateModule(SupervisedModule):
             accuracy=BinaryAccuracy(threshold=0.5, validate_args=False),
             optimizer=optimizer,
             scheduler=scheduler,
-            steps_per_call=steps_per_call,
         )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])

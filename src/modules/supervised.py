@@ -5,23 +5,17 @@ import functools
 import inspect
 import logging
 import math
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassCalibrationError
 
 from src.errors import InputError
-from src.modules.grouping import grouping_blocker
-from src.modules.lightning_internals import count_extra_step
 
 log = logging.getLogger(__name__)
-# Lightning calls the `dataloader_iter` flavour of training_step experimental; its caveats (the
-# batch_idx its hooks get, gradient accumulation) are exactly what grouping_blocker rules out.
-warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -33,6 +27,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # sure of itself before it has seen a label. Pixels left in 0-255 give 20 and more. (A softmax
 # before the cross-entropy goes unseen here: its first loss is ln C as well.)
 FIRST_LOSS_TOLERANCE = 0.5
+NO_STEP = torch.iinfo(torch.long).max  # "no step yet"
 
 
 class Diverged(RuntimeError):
@@ -48,11 +43,9 @@ class SupervisedModule(L.LightningModule):
 
     `optimizer` is a partial optimizer (Hydra's `_partial_: true`) called with the parameters;
     `scheduler`, if any, is Lightning's lr_scheduler dict (`interval`, `frequency`, `monitor`, ...)
-    with the partial schedule under `schedule`.
+    with the partial schedule under `schedule`. Training is Lightning's own: one minibatch and one
+    optimizer step per training_step call, automatic optimization.
 
-    `steps_per_call` > 1 lets one training_step call take that many optimizer steps, one per
-    minibatch, when nothing in the run can tell the difference (src/modules/grouping.py): the
-    same minibatches, steps, logged values and weights, in a fraction of Lightning's time.
     Subclasses set the task: `input_shape` of one example and the `output_shape` the loss needs,
     and for a classification task its `num_classes`: its first loss is then checked against a
     uniform guess's (`train/first_loss`) and its test set calibration measured (`test/ece`).
@@ -69,13 +62,15 @@ class SupervisedModule(L.LightningModule):
         accuracy: Metric,
         optimizer: OptimizerFactory | None,
         scheduler: dict | None,
-        steps_per_call: int,
     ):
         super().__init__()
         self.net = net
         self.loss = loss
         # One metric object per stage: their running states must not mix.
         self.train_acc, self.val_acc, self.test_acc = (accuracy.clone() for _ in range(3))
+        # The epoch's training loss over its samples: each minibatch's mean weighted by its size.
+        # NaN passes through (the finite check below names the step).
+        self.train_loss = MeanMetric(nan_strategy="disable")
         # A classifier's expected calibration error on the test set, with torchmetrics' defaults
         # (the usual ECE): 15 equal-width confidence bins, l1 norm.
         self.test_ece = None
@@ -83,16 +78,14 @@ class SupervisedModule(L.LightningModule):
             self.test_ece = MulticlassCalibrationError(self.num_classes, validate_args=False)
         self.optimizer_factory = optimizer
         self.scheduler = scheduler
-        self.steps_per_call = steps_per_call
-        self.grouped = False  # whether this fit takes steps_per_call steps per call (see setup)
         # Lightning's model summary runs it to show each layer's sizes and FLOPs.
         self.example_input_array = torch.zeros(2, *self.input_shape)
         check_fits(net, self.example_input_array, self.output_shape)
-        # This epoch's (loss, output, target) of every step so far, from step number first_step.
-        self.epoch_steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.first_step = 1
-        self.checked = 0  # how many of epoch_steps' losses are known to be finite
         self.first_loss: float | None = None  # this fit's loss before its first optimizer step
+        # The first step whose loss was not finite (NO_STEP: none), and the loss it had.
+        self.nonfinite: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.logged_epoch: int | None = None  # the epoch whose metrics this fit has logged
+        self.resumed_metrics: dict | None = None  # a checkpoint's training metrics so far
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -100,108 +93,68 @@ class SupervisedModule(L.LightningModule):
     # --- training ---------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        # Decided before Lightning picks how to feed training_step: a `dataloader_iter` in its
-        # signature makes Lightning hand over the iterator itself.
-        self.teardown(stage)  # an earlier fit's choice
         if stage == "fit":
             self.first_loss = None  # an earlier fit's
-        if stage != "fit" or self.steps_per_call == 1:
-            return
-        reason = grouping_blocker(
-            self.trainer,
-            self,
-            base=SupervisedModule,
-            optimizer=self.optimizer_class(),
-            schedule_interval=self.scheduler["interval"] if self.scheduler else None,
-        )
-        if reason:
-            log.info("one optimizer step per training_step call, as %s", reason)
-        else:
-            self.grouped = True
-            self.training_step = self.training_steps
 
-    def teardown(self, stage: str) -> None:
-        self.grouped = False
-        self.__dict__.pop("training_step", None)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # What the epoch's metrics need of its steps so far: a run stopped in the middle of an
-        # epoch (SIGTERM) resumes it as if it had never stopped.
-        checkpoint["epoch_steps"] = {
-            "first_step": self.first_step,
-            "losses": [loss for loss, _, _ in self.epoch_steps],
-            "outputs": [out for _, out, _ in self.epoch_steps],
-            "targets": [y for _, _, y in self.epoch_steps],
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        steps = checkpoint.get("epoch_steps")
-        if not steps or not steps["losses"]:
-            return
-        self.first_step = steps["first_step"]
-        parts = (steps["losses"], steps["outputs"], steps["targets"])
-        self.epoch_steps = list(zip(*parts, strict=True))
+    def on_train_start(self) -> None:
+        self.nonfinite = (torch.tensor(NO_STEP, device=self.device),
+                          torch.tensor(0.0, device=self.device))  # fmt: skip
+        self.logged_epoch = None
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One minibatch, one optimizer step: Lightning's usual contract."""
-        return self.step_loss(batch, self.global_step, self.trainer.log_every_n_steps)
-
-    def training_steps(self, dataloader_iter: Iterator) -> torch.Tensor:
-        """Up to `steps_per_call` optimizer steps, one per minibatch drawn from the iterator.
-
-        All but the last are taken here, as Lightning's automatic optimization would take them
-        (forward, zero_grad, backward, step) and counted into its step counts; the last loss is
-        returned for Lightning to step on, so that its hooks, schedules and callbacks see the
-        call end on a step of their own, with its gradients.
-        """
-        trainer = self.trainer
-        optimizer = trainer.optimizers[0]
-        first, every = self.global_step, trainer.log_every_n_steps
-        steps = self.steps_per_call
-        if dataloader_iter.length is None:
-            steps = 1  # data without a length: the epoch's last minibatch cannot be told
-        if trainer.max_steps >= 0:
-            steps = min(steps, trainer.max_steps - first)
-        for i in range(steps):
-            batch, _, _ = next(dataloader_iter)
-            if i == 0 and batch[0].device != self.device:
-                batch = self.transfer_batch_to_device(batch, self.device, 0)  # as Lightning does
-            loss = self.step_loss(batch, first + i, every)
-            if i + 1 == steps or dataloader_iter.done:
-                return loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            count_extra_step(trainer)
-        raise AssertionError("unreachable: the loop returns on its last step")
-
-    def step_loss(self, batch: Batch, step: int, log_every: int) -> torch.Tensor:
-        """The minibatch's loss, kept for the epoch's metrics and logged every `log_every` steps.
-        `step`: the optimizer steps taken before this one, Lightning's x-axis for its values."""
         x, y = batch
         out = self.net(x)
         loss = self.loss(out, y)
-        # Before any optimizer step (a resumed run starts past it: it has no first loss); once,
-        # as gradient accumulation keeps step 0 for several minibatches.
+        step = self.global_step  # the optimizer steps taken before this one
+        # Before any optimizer step (a resumed run starts past it); once, as gradient
+        # accumulation keeps step 0 for several minibatches.
         if step == 0 and self.num_classes and self.first_loss is None:
-            self.check_first_loss(loss.item(), step)
-        if not self.epoch_steps:
-            self.first_step = step + 1
-        self.epoch_steps.append((loss.detach(), out.detach(), y))
-        if (step + 1) % log_every == 0:
+            self.check_first_loss(loss.item())
+        # Kept on the device (no wait for it each step), checked at logging steps and epoch ends.
+        first, value = self.nonfinite
+        new = ~loss.isfinite() & (first == NO_STEP)
+        self.nonfinite = (torch.where(new, step, first), torch.where(new, loss.detach(), value))
+        if self.logged_epoch != self.current_epoch:
+            self.log_epoch_metrics()
+        # Each sample's share: the batch's mean once per sample, as torchmetrics 1.9 drops the
+        # weights of a MeanMetric that does not look for NaNs (which would wait for the device).
+        self.train_loss.update(loss.detach().expand(len(y)))
+        self.train_acc.update(out.detach(), y)
+        trainer = self.trainer
+        # The steps whose values Lightning sends to the loggers (its log_every_n_steps rule).
+        if (step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop:
             self.check_finite()
-            if self.trainer.is_global_zero:
-                for logger in self.loggers:
-                    logger.log_metrics({"train/loss_step": loss.item()}, step=step)
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         return loss
 
-    def check_first_loss(self, first: float, step: int) -> None:
+    def log_epoch_metrics(self) -> None:
+        """Log the epoch's training loss and accuracy, at its first step in this fit.
+
+        A logged Metric object is computed over the epoch and reset by Lightning at its end, so
+        one self.log call per epoch is enough (each costs about as much as a whole step of the
+        primer's networks); its states sync across DDP ranks themselves. A fit resumed in the
+        middle of an epoch first takes up that epoch's states from the checkpoint.
+        """
+        saved, self.resumed_metrics = self.resumed_metrics, None
+        if saved and saved["epoch"] == self.current_epoch:
+            for metric, state in ((self.train_loss, saved["loss"]), (self.train_acc, saved["acc"])):
+                for name, value in state.items():
+                    setattr(metric, name, value.to(self.device))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.logged_epoch = self.current_epoch
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    def check_first_loss(self, first: float) -> None:
         """Say how the loss before the first optimizer step compares with ln C; log it.
 
         It is the first step's own loss, from the forward pass that step makes anyway, so the run
-        takes the same steps with or without it, grouped or not. An extra pass would change them
-        or measure something else: in train mode it draws dropout masks (the run's random numbers)
-        and moves batch-norm statistics; in eval mode it is not the loss the first update follows.
+        takes the same steps with or without it. An extra pass would change them or measure
+        something else: in train mode it draws dropout masks (the run's random numbers) and moves
+        batch-norm statistics; in eval mode it is not the loss the first update follows.
         """
         self.first_loss = first
         uniform, classes = math.log(self.num_classes), self.num_classes
@@ -223,49 +176,33 @@ class SupervisedModule(L.LightningModule):
             )  # fmt: skip
         if self.trainer.is_global_zero:
             for logger in self.loggers:
-                logger.log_metrics({"train/first_loss": first}, step=step)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        trainer = self.trainer
-        last_step = 0 <= trainer.max_steps <= self.global_step
-        if trainer.is_last_batch or trainer.should_stop or last_step:
-            self.log_epoch()  # the epoch ends here, however it ends
-
-    def log_epoch(self) -> None:
-        """The epoch's training loss and accuracy over its samples, logged once (a self.log call
-        costs about as much as a step). sync_dist: under DDP, averaged over every rank's share
-        (the accuracy metric object syncs its counts itself)."""
-        if not self.epoch_steps:
-            return
-        self.check_finite()
-        losses, outputs, targets = zip(*self.epoch_steps, strict=True)
-        sizes = torch.tensor([len(y) for y in targets], device=losses[0].device)
-        samples = int(sizes.sum())
-        loss = (torch.stack(losses) * sizes).sum() / samples
-        self.train_acc.update(torch.cat(outputs), torch.cat(targets))
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=samples, sync_dist=True)  # fmt: skip
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=samples)  # fmt: skip
-        self.epoch_steps, self.checked = [], 0
+                logger.log_metrics({"train/first_loss": first}, step=0)
 
     def check_finite(self) -> None:
-        """Raise Diverged, naming the first step whose loss was not finite, if there was one.
-        Checked at logging steps and epoch ends only: each check waits for the device."""
-        if self.checked == len(self.epoch_steps):
-            return
-        unchecked = torch.stack([loss for loss, _, _ in self.epoch_steps[self.checked :]])
-        bad = (~torch.isfinite(unchecked)).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            step = self.first_step + self.checked + i  # counted from 1, as global_step counts
+        """Raise Diverged, naming the first step whose loss was not finite, if there was one
+        (counted from 1, as global_step counts). Each check waits for the device."""
+        first, value = self.nonfinite
+        if first.item() != NO_STEP:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             raise Diverged(
-                f"train/loss became {unchecked[i].item()} at step {step} "
+                f"train/loss became {value.item()} at step {first.item() + 1} "
                 f"(epoch {self.current_epoch + 1}) with learning rate {lr:g}: "
                 "lower optimizer.lr or change the optimizer"
             )
-        self.checked = len(self.epoch_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The epoch's training metrics so far (a few numbers): a run stopped in the middle of an
+        # epoch (SIGTERM) resumes it as if it had never stopped. The first loss, for the record.
+        checkpoint["train_metrics"] = {
+            "epoch": self.current_epoch,
+            "loss": self.train_loss.metric_state,
+            "acc": self.train_acc.metric_state,
+        }
+        checkpoint["first_loss"] = self.first_loss
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.resumed_metrics = checkpoint.get("train_metrics")
+        self.first_loss = checkpoint.get("first_loss")
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -289,10 +226,6 @@ class SupervisedModule(L.LightningModule):
             self.log("test/ece", self.test_ece)
 
     # --- optimization -----------------------------------------------------------------------
-
-    def optimizer_class(self) -> type:
-        factory = self.optimizer_factory
-        return factory.func if isinstance(factory, functools.partial) else type(None)
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:
