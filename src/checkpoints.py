@@ -94,10 +94,10 @@ def check_targets(node, allow: list[str], path: str) -> None:
 
 
 def check_target(target: str, allow: list[str], key: str) -> None:
-    allowed = target.startswith(TRUSTED) or any(
-        target == name or target.startswith(f"{name}.") for name in allow
-    )
-    if not allowed:
+    """Refuse a `_target_` that is not a class defined in the project, in PyTorch or in a module of
+    `allow`: where it is defined counts, not where it is imported from (`src.loggers.FileWriter`
+    is TensorBoard's)."""
+    if not trusted(target, allow):
         module = target.rsplit(".", 1)[0]
         raise InputError(
             f"{key}={target} is not one of the project's or PyTorch's classes, so it is not built "
@@ -110,6 +110,18 @@ def check_target(target: str, allow: list[str], key: str) -> None:
         raise InputError(f"{key}={target} does not exist here") from None
     if not isinstance(found, type):
         raise InputError(f"{key}={target} is not a class: a run folder may only build classes")
+    defined = f"{found.__module__}.{found.__qualname__}"
+    if not trusted(defined, allow):
+        raise InputError(
+            f"{key}={target} is {defined}, defined outside the project and PyTorch, so it is not "
+            f"built from a run folder: if you trust this run, allow its module with "
+            f"allow=[{found.__module__}]"
+        )
+
+
+def trusted(name: str, allow: list[str]) -> bool:
+    """Whether a dotted name lies in the project, PyTorch's layers and optimizers, or `allow`."""
+    return name.startswith(TRUSTED) or any(name == a or name.startswith(f"{a}.") for a in allow)
 
 
 def load_module(ckpt: Path, allow: list[str] = ()) -> tuple["L.LightningModule", DictConfig, dict]:  # noqa: F821

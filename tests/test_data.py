@@ -12,7 +12,7 @@ from src.data import LogicGateDataModule, MNISTDataModule
 from src.data.logic_gates import TRUTH_TABLES
 from src.data.mnist import DatasetUnavailable
 from src.errors import ConfigError
-from tests.conftest import make_mnist_files
+from tests.conftest import make_mnist_files, write_idx
 
 SETTINGS = {"dataset": "mnist", "batch_size": 64, "eval_batch_size": 5000, "val_size": 100,
             "train_size": None,
@@ -110,6 +110,25 @@ def test_missing_files_name_the_folder(tmp_path):
     dm = MNISTDataModule(data_dir=str(tmp_path), **(SETTINGS | {"download": False}))
     with pytest.raises(DatasetUnavailable, match=str(tmp_path / "MNIST" / "raw")):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize(("name", "array", "said"), [
+    ("train-images-idx3-ubyte", np.zeros((600, 32, 32)), "holds 600×32×32 values where MNIST's "
+     "images are N×28×28"),
+    ("train-images-idx3-ubyte", np.zeros((600, 784)), "holds 600×784 values"),
+    ("train-images-idx3-ubyte", np.zeros(600), "holds 600 values where MNIST's images"),
+    ("t10k-images-idx3-ubyte", np.zeros((0, 28, 28)), "holds no images"),
+    ("t10k-labels-idx1-ubyte", np.zeros((100, 1)), "holds 100×1 values where MNIST's labels are N"),
+])  # fmt: skip
+def test_an_idx_file_of_another_shape_is_named_with_what_it_holds(name, array, said, tmp_path):
+    """A valid header with the wrong dimensions: one message naming the file, not a shape error
+    deep inside the network."""
+    make_mnist_files(tmp_path)
+    path = tmp_path / "MNIST" / "raw" / name
+    write_idx(path, array)
+    with pytest.raises(DatasetUnavailable) as err:
+        make_dm(tmp_path)
+    assert str(err.value).startswith(f"{path} {said}")
 
 
 def test_validation_split_larger_than_the_training_set_is_refused(tiny_mnist):

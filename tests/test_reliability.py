@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, make_mnist_files, read_metrics, run_train
+from tests.conftest import REPO, make_mnist_files, read_metrics, run_train, write_idx
 
 NUMBERS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps")
 
@@ -123,6 +124,12 @@ def truncated_mnist(root):
     return "train-images-idx3-ubyte is truncated or corrupt"
 
 
+def wrong_shape_mnist(root):
+    make_mnist_files(root)
+    write_idx(root / "MNIST" / "raw" / "train-images-idx3-ubyte", np.zeros((600, 32, 32)))
+    return "train-images-idx3-ubyte holds 600×32×32 values where MNIST's images are N×28×28"
+
+
 def corrupt_gz_mnist(root):
     make_mnist_files(root)
     raw = root / "MNIST" / "raw"
@@ -215,6 +222,7 @@ BAD_INPUT = {
         [f"data.data_dir={REPO / 'README.md'} is a file"],
     ),
     "truncated idx": (["data.data_dir=TRUNCATED"], ["TRUNCATED"]),
+    "idx of 32×32 images": (["data.data_dir=SHAPE"], ["SHAPE"]),
     "corrupt gz": (["data.data_dir=CORRUPT"], ["CORRUPT"]),
     "label 11": (["data.data_dir=LABEL11"], ["LABEL11"]),
     "a folder for a file": (["data.data_dir=FOLDER"], ["FOLDER"]),
@@ -223,11 +231,12 @@ BAD_INPUT = {
 
 def prepare(case: str, tmp_path) -> tuple[dict, list[str]]:
     """The places a case names, made; and the extra text its line must hold."""
-    names = ("EMPTY", "EVIL", "GARBAGE", "TRUNCATED", "CORRUPT", "LABEL11", "FOLDER")
+    names = ("EMPTY", "EVIL", "GARBAGE", "TRUNCATED", "SHAPE", "CORRUPT", "LABEL11", "FOLDER")
     places = {name: tmp_path / name.lower() for name in names}
     places["EMPTY"].mkdir()
     write_evil_checkpoint(places["EVIL"])
     makers = {"truncated idx": (truncated_mnist, "TRUNCATED"),
+              "idx of 32×32 images": (wrong_shape_mnist, "SHAPE"),
               "corrupt gz": (corrupt_gz_mnist, "CORRUPT"),
               "label 11": (label_11_mnist, "LABEL11"),
               "a folder for a file": (folder_for_a_file_mnist, "FOLDER"),
@@ -299,6 +308,23 @@ def test_a_run_folder_cannot_run_code_of_its_own(module, tmp_path):
     assert "model.net._target_=builtins.open is not one of the project's or PyTorch's classes" \
         in output and "allow=[builtins]" in output  # fmt: skip
     assert victim.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("target", "defined"), [
+    ("src.loggers.FileWriter", "torch.utils.tensorboard.writer.FileWriter"),
+    ("torch.optim.lr_scheduler.partial", "functools.partial"),
+])  # fmt: skip
+def test_a_class_counts_where_it_is_defined_not_where_it_is_imported(target, defined):
+    from src.checkpoints import check_target
+    from src.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        check_target(target, [], "model.net._target_")
+    assert str(err.value).startswith(
+        f"model.net._target_={target} is {defined}, defined outside the project and PyTorch"
+    )
+    check_target("torch.nn.Linear", [], "model.net._target_")  # torch.nn.modules.linear.Linear
+    check_target("src.models.MLP", [], "model.net._target_")  # src.models.mlp.MLP
 
 
 @pytest.mark.slow

@@ -168,7 +168,8 @@ class MNISTDataModule(L.LightningDataModule):
 
 
 def check_idx_size(path: Path) -> None:
-    """An IDX file's header gives its dimensions; its size must match them exactly."""
+    """An IDX file's header gives its dimensions: MNIST's N×28×28 images or N labels, N at least
+    1, and the file's size must match them exactly."""
     try:
         with path.open("rb") as file:
             data = file.read(16)
@@ -178,6 +179,15 @@ def check_idx_size(path: Path) -> None:
     if len(data) < 4 + 4 * ndim or data[2] != 0x08 or not 1 <= ndim <= 3:
         raise DatasetUnavailable(f"{path} is not an MNIST-format IDX file: delete or replace it")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    kind, shape = ("images", (28, 28)) if "images" in path.name else ("labels", ())
+    if tuple(dims[1:]) != shape:
+        held, wanted = "×".join(map(str, dims)), "×".join(("N", *map(str, shape)))
+        raise DatasetUnavailable(
+            f"{path} holds {held} values where MNIST's {kind} are {wanted}: replace it with the "
+            "official file"
+        )
+    if dims[0] == 0:
+        raise DatasetUnavailable(f"{path} holds no {kind}: replace it with the official file")
     expected, actual = 4 + 4 * ndim + math.prod(dims), path.stat().st_size
     if actual != expected:
         raise DatasetUnavailable(
