@@ -165,7 +165,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         tested = last_ckpt if last_ckpt.is_file() else None
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True,
                      verbose=False)  # fmt: skip
-        metrics |= read_metrics(trainer.callback_metrics, prefix="test/")
+        if trainer.received_sigterm:  # Lightning's test loop runs on through a SIGTERM
+            status, error = "interrupted", "stopped by SIGTERM while testing"
+        else:
+            metrics |= read_metrics(trainer.callback_metrics, prefix="test/")
 
     record = {
         **metrics,

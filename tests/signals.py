@@ -1,7 +1,7 @@
-"""A test-only callback: the process sends itself SIGTERM at the start or the end of an epoch, or
-after a given optimizer step, as a cluster scheduler would at any moment. Lightning stops at the
-end of an epoch when the signal comes there, else after the next training_step call: in the
-middle of the epoch."""
+"""A test-only callback: the process sends itself SIGTERM at the start or the end of an epoch,
+after a given optimizer step, or as testing starts, as a cluster scheduler would at any moment.
+Lightning stops at the end of an epoch when the signal comes there, else after the next
+training_step call: in the middle of the epoch. It tests on through one."""
 
 import os
 import signal
@@ -12,7 +12,7 @@ import lightning as L
 class Sigterm(L.Callback):
     def __init__(self, epoch: int = 0, at: str = "", step: int | None = None):
         self.epoch = epoch  # counted from 1
-        self.at = at  # "start" or "end"
+        self.at = at  # "start", "end" or "test"
         self.step = step  # or after this many optimizer steps
 
     def send(self, trainer: L.Trainer, at: str) -> None:
@@ -27,4 +27,8 @@ class Sigterm(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at == "test":
             os.kill(os.getpid(), signal.SIGTERM)

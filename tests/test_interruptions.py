@@ -75,6 +75,25 @@ def test_sigterm_saves_the_moment_and_the_resumed_run_ends_as_if_never_stopped(
     assert resumed["fit_seconds"] > stopped["fit_seconds"] > 0
 
 
+def test_sigterm_while_testing_is_recorded_and_the_resume_tests(base, uninterrupted, tmp_path):
+    """Lightning tests on through a SIGTERM; the run still says it was stopped, with status 143,
+    and its resume (nothing left to train) tests the same checkpoint."""
+    run_dir = tmp_path / "stopped"
+    proc = run_train(*base, "+callbacks.sigterm._target_=tests.signals.Sigterm",
+                     "+callbacks.sigterm.at=test", f"hydra.run.dir={run_dir}",
+                     check=False)  # fmt: skip
+    assert proc.returncode == 143 and "Traceback" not in proc.stdout + proc.stderr
+    stopped = read_metrics(run_dir)
+    assert stopped["status"] == "interrupted" and "test/acc" not in stopped
+    assert stopped["error"] == "stopped by SIGTERM while testing"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert f"resume with ckpt_path={ckpt}" in proc.stdout
+    run_train(*base, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}")
+    resumed = read_metrics(run_dir)
+    assert resumed["status"] == "completed"
+    assert {k: resumed[k] for k in NUMBERS} == {k: uninterrupted[k] for k in NUMBERS}
+
+
 def test_last_checkpoint_holds_the_latest_epoch_even_when_it_is_not_the_best(base, tmp_path):
     # monitor.mode=min on val/acc: the first epoch stays "best", later ones do not improve it.
     run_train(*base, "monitor.mode=min", f"hydra.run.dir={tmp_path}")
