@@ -455,46 +455,6 @@ def job_dirname(overrides) -> str:
     return name
 
 
-def unknown_option(args: list[str], conf: Path = Path(__file__).parents[1] / "conf") -> str | None:
-    """The first `group=option` on the command line (a sweep's options included) that names no
-    file of that group under conf/, said in one line with the valid options; None if all do.
-
-    Hydra finds it too, but only after composing, in a dozen lines with its search path.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        overrides = OverridesParser.create().parse_overrides(
-            [arg for arg in args if "=" in arg and not arg.startswith("-")]
-        )
-    except Exception:  # a malformed override: Hydra's own message says where
-        return None
-    for override in overrides:
-        group = conf / override.key_or_group
-        if not group.is_dir() or override.is_delete() or override.key_or_group == "hydra":
-            continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
-        if override.is_sweep_override():
-            chosen = list(override.sweep_string_iterator())
-        else:
-            chosen = [override.value()]
-        for option in chosen:
-            if option is not None and str(option) != "null" and str(option) not in options:
-                return (f"{override.key_or_group}={option} is not one of: {', '.join(options)} "
-                        f"(conf/{override.key_or_group}/)")  # fmt: skip
-    return None
-
-
-def missing_extra(args: list[str]) -> str | None:
-    """What to install when the command line asks for an optional part this install lacks."""
-    import importlib.util
-
-    searching = any(arg.startswith("hparams_search=") for arg in args)
-    if searching and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
-        return "hparams_search needs Optuna's sweeper: pip install -e .[optuna]"
-    return None
-
-
 def register() -> None:
     """Make the schemas and the resolvers available to the configs under conf/."""
     # A short random id in every output directory name: runs started in the same second never

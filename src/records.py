@@ -10,6 +10,8 @@ import errno
 import io
 import json
 import os
+import socket
+import traceback
 from pathlib import Path
 
 from src.errors import InputError
@@ -70,3 +72,17 @@ def no_room(err: BaseException | None) -> OSError | None:
             found.append(err)
         err = err.__cause__ or err.__context__
     return next((e for e in found if e.filename), found[0] if found else None)
+
+
+def unwritten_file(err: OSError, run_dir: Path) -> Path | None:
+    """The file a full disk stopped `err` from writing: the one it names, or else, for a write
+    of TensorBoard's (whose writer thread reports none), this process's newest event file in
+    `run_dir`; None when nothing says which file it was."""
+    if err.filename:
+        return Path(err.filename)
+    frames = traceback.extract_tb(err.__traceback__)
+    if not any("/tensorboard/" in frame.filename for frame in frames):
+        return None
+    # TensorBoard names its files events.out.tfevents.<time>.<host>.<pid>.<n>.
+    ours = run_dir.rglob(f"events.out.tfevents.*.{socket.gethostname()}.{os.getpid()}.*")
+    return max(ours, key=lambda path: path.stat().st_mtime_ns, default=None)

@@ -16,6 +16,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from src import sigterm
 from src.events import epoch_curve, load_events
 from src.records import read_json, write_png, write_text
 
@@ -26,14 +27,26 @@ COLUMNS = ("val/loss", "val/acc", "test/acc", "train/loss", "parameters", "epoch
 
 
 class SweepSummary(Callback):
-    """Hydra callback: summarize the sweep directory once every job has ended."""
+    """Hydra callback: summarize the sweep directory once every job has ended.
+
+    A sweep sent SIGTERM stops as one run does: the running jobs (in this process, or in the
+    workers of a parallel launcher, which the signal is passed on to) are recorded `interrupted`
+    with a checkpoint, no further job starts, the summary is written and the sweep exits with
+    status 143; the same command with the same hydra.sweep.dir continues it.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sigterm.listen(forward=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not job_dirs(sweep_dir):
-            return  # no job started: nothing to compare
-        table = write_summary(sweep_dir, config.monitor.metric, config.monitor.mode)
-        log.info("sweep summary (best first):\n%s", table)
+        if job_dirs(sweep_dir):  # else no job started: nothing to compare
+            table = write_summary(sweep_dir, config.monitor.metric, config.monitor.mode)
+            log.info("sweep summary (best first):\n%s", table)
+        if sigterm.received():
+            log.warning("the sweep was stopped by SIGTERM: the same command with "
+                        "hydra.sweep.dir=%s continues it", sweep_dir)  # fmt: skip
+            sys.exit(sigterm.EXIT_STATUS)
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -166,9 +179,9 @@ def setting_value(job: dict, key: str) -> float:
 
 
 def plot_against(ax, jobs: list[dict], metric: str, setting: str) -> None:
-    """The final `metric` of each job against its `setting`. Diverged jobs are marked in red:
-    with a ring where the loss ended above the job's first loss (the network got worse than
-    untrained), with a × at the top edge where there is no value (it stopped being finite)."""
+    """The final `metric` of each job against its `setting`, jobs gone wrong marked in red: with
+    a ring where the loss ended above the job's first loss (the network got worse than
+    untrained), with a × at the top edge where there is no value (diverged or failed)."""
     done = sorted((setting_value(j, setting), j[metric]) for j in jobs if j.get(metric) is not None)
     if done:
         ax.plot(*zip(*done, strict=True), marker="o", color="tab:blue", label=f"final {metric}")
@@ -178,7 +191,7 @@ def plot_against(ax, jobs: list[dict], metric: str, setting: str) -> None:
     if worse:
         ax.scatter(*zip(*worse, strict=True), s=160, facecolors="none", edgecolors="tab:red",
                    linewidths=2, zorder=3,
-                   label="diverged: ended above its first loss")  # fmt: skip
+                   label="worse than untrained: ended above its first loss")  # fmt: skip
     lost = sorted(setting_value(j, setting) for j in jobs if j.get(metric) is None)
     if lost:
         ax.scatter(lost, [1.0] * len(lost), marker="x", s=80, color="tab:red", zorder=3,

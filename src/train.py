@@ -8,7 +8,6 @@ next to TensorBoard's curves.
 import gc
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -17,19 +16,16 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import (
-    ConfigCompositionException,
-    InstantiationException,
-    MissingConfigException,
-    OverrideParseException,
-)
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import missing_extra, register, unknown_option, validate
+from src import sigterm
+from src.command_line import run_command_line
+from src.config import register, validate
 from src.errors import ConfigError, InputError
-from src.records import no_room, read_json, write_json
-from src.resume import resume_changes
+from src.records import no_room, read_json, unwritten_file, write_json
+from src.resume import resume_changes, sole_writer
 
 log = logging.getLogger(__name__)
 register()
@@ -37,7 +33,7 @@ register()
 FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
                  "test/ece")  # fmt: skip
 FINISHED = ("completed", "diverged")  # a sweep run again leaves these jobs as they are
-EXIT_STATUS = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": 128 + 15}  # as if killed
+EXIT_STATUS = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": sigterm.EXIT_STATUS}
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -45,14 +41,33 @@ def main(cfg: DictConfig) -> float:
     """Hydra entry point: one run per call (a multirun calls it once per job).
 
     A single run exits non-zero when it does not complete. In a sweep a job never ends the
-    sweep: its failure is recorded in its metrics.json. A sweep's job is known by its settings
-    (its directory is named after them): run again with the same hydra.sweep.dir, a finished job
-    is left as it is and an unfinished one continues from its last checkpoint.
+    sweep: its failure is recorded in its metrics.json; a SIGTERM does, after the running job
+    (src/sweep.py). A sweep's job is known by its settings (its directory is named after them):
+    run again with the same hydra.sweep.dir, a finished job is left as it is and an unfinished
+    one continues from its last checkpoint. One process at a time writes a run's directory.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    sigterm.listen()  # a sweep listens from its start (src/sweep.py)
+    if in_sweep and sigterm.received():
+        log.warning("%s not started: the sweep was stopped by SIGTERM", run_dir)
+        return math.nan
+    with sole_writer(run_dir) as held:
+        if held:
+            return run(cfg, run_dir, overrides, in_sweep)
+    if in_sweep:
+        log.warning("%s is being trained by another process: skipped here", run_dir)
+        return math.nan
+    log.error("hydra.run.dir=%s is being written by another process: let it end, or give another "
+              "directory", run_dir)  # fmt: skip
+    sys.exit(2)
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) -> float:
+    """One run in a directory this process holds: a sweep's finished job is left as it is, an
+    unfinished one continues from its last checkpoint."""
     if in_sweep:
         previous = read_json(run_dir / "metrics.json") or {}
         if previous.get("status") in FINISHED and previous.get("overrides") == overrides:
@@ -89,7 +104,8 @@ def no_room_message(err: OSError, run_dir: Path) -> str:
     """What to do when the disk is full: which checkpoint, if any, to resume from."""
     saved = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.name != "last.ckpt")
     then = f"resume with ckpt_path={saved[0]}" if saved else "run it again"
-    where = err.filename or run_dir
+    file = unwritten_file(err, run_dir)
+    where = file if file else f"in {run_dir}"
     return f"no room to write {where} ({err.strerror}): free some space, then {then}"
 
 
@@ -138,7 +154,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     status, error = "completed", None
     start = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        if sigterm.received():  # while it was being set up
+            status, error = "interrupted", "stopped by SIGTERM before training"
+        else:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
+                        weights_only=True)  # fmt: skip
     except Diverged as err:
         status, error = "diverged", str(err)
     except SystemExit as err:  # Lightning's way out of fit on SIGTERM (and on Ctrl-C)
@@ -153,19 +173,21 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     # epoch left to run and so logs nothing.
     last_epoch = table.rows[-1] if table and table.rows else {}
     metrics = read_metrics({**last_epoch, **trainer.callback_metrics})
-    # A classifier's loss before its first optimizer step (src/modules/supervised.py); a resumed
-    # run starts past that step, so its record has no first_loss.
+    # The loss before the first optimizer step (src/modules/supervised.py); a resumed run has it
+    # from its checkpoint.
     first_loss = getattr(model, "first_loss", None)
     if first_loss is not None:
         metrics["first_loss"] = first_loss if math.isfinite(first_loss) else None
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     tested = None
+    if status == "completed" and sigterm.received():  # after fit's last check for one
+        status, error = "interrupted", "stopped by SIGTERM before testing"
     if status == "completed":
         # The weights of a file that stays (the last epoch's): src.eval of it gives these numbers.
         tested = last_ckpt if last_ckpt.is_file() else None
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True,
                      verbose=False)  # fmt: skip
-        if trainer.received_sigterm:  # Lightning's test loop runs on through a SIGTERM
+        if sigterm.received():  # Lightning's test loop runs on through a SIGTERM
             status, error = "interrupted", "stopped by SIGTERM while testing"
         else:
             metrics |= read_metrics(trainer.callback_metrics, prefix="test/")
@@ -203,7 +225,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     if table is not None:
         log.info("results:\n%s", table.render(metrics))
     if status == "interrupted":
-        log.info("resume with ckpt_path=%s", last_ckpt)
+        then = f"resume with ckpt_path={last_ckpt}" if last_ckpt.is_file() else "run it again"
+        log.info("%s", then)
     log.info("run directory: %s", run_dir)
     return record
 
@@ -315,26 +338,5 @@ def log_settings(trainer, cfg: DictConfig) -> None:
             logger.save()
 
 
-def composition_error(err: Exception) -> str:
-    """One line for a command line Hydra cannot compose: the key and what it takes."""
-    cause = err.__cause__ or err
-    key = getattr(cause, "full_key", None)
-    said = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
-    return f"{key}: {said}" if key else said
-
-
 if __name__ == "__main__":
-    # A group option that does not exist (scheduler=cosinee, +debug=nope): one line, as for
-    # every other bad value, before Hydra composes anything.
-    refusal = unknown_option(sys.argv[1:]) or missing_extra(sys.argv[1:])
-    if refusal:
-        print(f"error: {refusal}", file=sys.stderr)
-        sys.exit(2)
-    # Hydra reports a command line it cannot compose (optimizer.lr=abc) in several lines and
-    # exits with 1; let it raise instead, and say it in one line with the status of bad input.
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    try:
-        main()
-    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        print(f"error: {composition_error(err)}", file=sys.stderr)
-        sys.exit(2)
+    run_command_line(main)

@@ -1,7 +1,12 @@
 """A test-only callback: the process sends itself SIGTERM at the start or the end of an epoch,
-after a given optimizer step, or as testing starts, as a cluster scheduler would at any moment.
+after a given optimizer step, as fit ends (before testing) or as testing starts, as a cluster
+scheduler would at any moment.
 Lightning stops at the end of an epoch when the signal comes there, else after the next
-training_step call: in the middle of the epoch. It tests on through one."""
+training_step call: in the middle of the epoch. It tests on through one.
+
+In a sweep, `to="parent"` sends it to the sweep's process from a job in a worker process, and
+`once` (a file path) sends it from the first job only, as one `kill` would: the sweep run again
+with the same settings goes on undisturbed."""
 
 import os
 import signal
@@ -10,14 +15,25 @@ import lightning as L
 
 
 class Sigterm(L.Callback):
-    def __init__(self, epoch: int = 0, at: str = "", step: int | None = None):
+    def __init__(self, epoch: int = 0, at: str = "", step: int | None = None, to: str = "self",
+                 once: str | None = None):  # fmt: skip
         self.epoch = epoch  # counted from 1
-        self.at = at  # "start", "end" or "test"
+        self.at = at  # "start", "end", "fit_end" or "test"
         self.step = step  # or after this many optimizer steps
+        self.to = to  # "self" or "parent"
+        self.once = once
+
+    def kill(self) -> None:
+        if self.once:
+            try:
+                os.close(os.open(self.once, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return  # sent already
+        os.kill(os.getppid() if self.to == "parent" else os.getpid(), signal.SIGTERM)
 
     def send(self, trainer: L.Trainer, at: str) -> None:
         if trainer.current_epoch + 1 == self.epoch and at == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            self.kill()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.send(trainer, "start")
@@ -27,8 +43,12 @@ class Sigterm(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            self.kill()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at == "fit_end":
+            self.kill()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at == "test":
-            os.kill(os.getpid(), signal.SIGTERM)
+            self.kill()

@@ -75,17 +75,23 @@ def test_sigterm_saves_the_moment_and_the_resumed_run_ends_as_if_never_stopped(
     assert resumed["fit_seconds"] > stopped["fit_seconds"] > 0
 
 
-def test_sigterm_while_testing_is_recorded_and_the_resume_tests(base, uninterrupted, tmp_path):
-    """Lightning tests on through a SIGTERM; the run still says it was stopped, with status 143,
-    and its resume (nothing left to train) tests the same checkpoint."""
+@pytest.mark.parametrize(("at", "said"), [
+    ("fit_end", "stopped by SIGTERM before testing"),  # Lightning's own handler is gone by then
+    ("test", "stopped by SIGTERM while testing"),  # Lightning tests on through a SIGTERM
+])  # fmt: skip
+def test_sigterm_after_training_is_recorded_and_the_resume_tests(
+    at, said, base, uninterrupted, tmp_path
+):
+    """Between fit and test, or while testing, the run still says it was stopped, with status
+    143, and its resume (nothing left to train) tests the same checkpoint."""
     run_dir = tmp_path / "stopped"
     proc = run_train(*base, "+callbacks.sigterm._target_=tests.signals.Sigterm",
-                     "+callbacks.sigterm.at=test", f"hydra.run.dir={run_dir}",
+                     f"+callbacks.sigterm.at={at}", f"hydra.run.dir={run_dir}",
                      check=False)  # fmt: skip
     assert proc.returncode == 143 and "Traceback" not in proc.stdout + proc.stderr
     stopped = read_metrics(run_dir)
     assert stopped["status"] == "interrupted" and "test/acc" not in stopped
-    assert stopped["error"] == "stopped by SIGTERM while testing"
+    assert stopped["error"] == said and stopped["steps"] == uninterrupted["steps"]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert f"resume with ckpt_path={ckpt}" in proc.stdout
     run_train(*base, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}")

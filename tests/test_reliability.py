@@ -107,6 +107,29 @@ def test_divergence_stops_the_run_with_a_clear_message(base, tmp_path):
     assert "test/acc" not in metrics
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["mnist", "gates"])
+def test_a_loss_that_explodes_is_caught_while_it_is_still_finite(task, base, tmp_path):
+    """An epoch's training loss far above the first loss (more than twice) is divergence, before
+    any number overflows: SGD at lr 1e6 on MNIST, and a gate net whose output is not bounded."""
+    if task == "mnist":
+        overrides = (*base, "optimizer.lr=1e6", "trainer.limit_train_batches=2")
+    else:  # MSE of a plain linear unit: a learning rate past 2 / curvature blows it up
+        overrides = ("+experiment=nand", "model/net=custom", "model.net._target_=torch.nn.Linear",
+                     "+model.net.in_features=2", "+model.net.out_features=1", "optimizer.lr=2",
+                     "data.steps_per_epoch=10", "trainer.max_steps=30")  # fmt: skip
+    proc = run_train(*overrides, "trainer.max_epochs=3", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    metrics = read_metrics(tmp_path)
+    assert metrics["status"] == "diverged" and metrics["epochs"] == 0
+    loss, first = metrics["train/loss"], metrics["first_loss"]
+    assert 2 * first < loss < 1e38  # finite in float32, and caught at the end of epoch 1
+    assert metrics["error"].startswith(
+        f"train/loss of epoch 1 was {loss:.4g}, more than 2 times its first loss {first:.4g}"
+    )
+    assert "test/acc" not in metrics and metrics["error"] in proc.stdout + proc.stderr
+
+
 def write_evil_checkpoint(path):
     """A torch.save archive whose unpickling would create a file (weights-only loading refuses)."""
 
@@ -350,6 +373,54 @@ def test_eval_and_predict_without_a_checkpoint_say_so(module, tmp_path):
     assert "ckpt_path is missing" in output
 
 
+UNMAKEABLE = {  # a directory a run or sweep cannot have: (what names it, what the line says)
+    "a file": ("FILE", "a file has that name"),
+    "under a file": ("FILE/run", "Not a directory"),
+    "a name too long": ("TMP/" + "a" * 300, "File name too long"),
+    "on a read-only file system": ("READONLY/run", "Read-only file system"),
+}
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+@pytest.mark.parametrize("case", UNMAKEABLE, ids=list(UNMAKEABLE))
+def test_a_directory_that_cannot_be_made_is_one_line(case, mode, tmp_path):
+    place, said = (text.replace("FILE", str(tmp_path / "file")).replace("TMP", str(tmp_path))
+                   for text in UNMAKEABLE[case])  # fmt: skip
+    (tmp_path / "file").write_text("")
+    key = f"hydra.{mode}.dir"
+    args = ["-m", "src.train", *(["-m"] if mode == "sweep" else []), "+experiment=nand",
+            "+debug=fdr", "seed=1,2" if mode == "sweep" else "seed=1"]  # fmt: skip
+    cmd = [sys.executable, *args, f"{key}={place}"]
+    if case == "on a read-only file system":  # a private mount, gone with the process
+        if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+            pytest.skip("no unshare -rm (user and mount namespaces) here")
+        readonly = tmp_path / "readonly"
+        readonly.mkdir()
+        cmd = ["unshare", "-rm", "sh", "-c",
+               f'mount -t tmpfs -o ro tmpfs {readonly} && exec "$@"', "sh", *cmd]  # fmt: skip
+        cmd = [part.replace("READONLY", str(readonly)) for part in cmd]
+        place = place.replace("READONLY", str(readonly))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {key}={place} cannot be made a directory ({said}): give another"
+    ]
+
+
+def test_a_number_too_long_to_read_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "src.train", "+experiment=nand", "optimizer.lr=" + "1" * 5000,
+           f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        "error: optimizer.lr: Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_loses_nothing(tiny_mnist, tmp_path):
     """Files capped at 200 KB, as a nearly full disk caps them: the first checkpoint (400 KB)
@@ -373,6 +444,30 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tiny_mnist, tmp_path):
     assert not (run_dir / "metrics.json").exists()
     assert not [p for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size == 0]
     assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_tensorboard_names_its_event_file(tmp_path):
+    """TensorBoard's writer thread reports a failed write without a file name: the line still
+    names the file, the run's own event file, not just the run folder."""
+
+    def cap_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))  # the gates' pictures: 120 KB
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", "+experiment=nand", "data.steps_per_epoch=250",
+         "trainer.max_steps=1000", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=cap_files, timeout=300,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output
+    (events,) = run_dir.glob("events.out.tfevents.*")
+    assert events.stat().st_size == 30_000
+    assert f"no room to write {events} (File too large): free some space, then" in output
+    assert not (run_dir / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -224,6 +224,78 @@ def test_joblib_launcher_and_two_sweeps_at_once(tmp_path, tiny_mnist):
         assert len(read_summary(sweep_dir)) == 2
 
 
+def gate_sweep(sweep_dir, *overrides) -> list[str]:
+    """A 3-job NAND sweep of 200 steps a job, as a command line."""
+    return [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
+            "trainer.max_steps=200", "optimizer.lr=0.5,0.1,1.0", f"hydra.sweep.dir={sweep_dir}",
+            *overrides]  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_sent_sigterm_stops_and_the_same_command_continues_it(launcher, tmp_path):
+    """The running jobs (one, or one per worker) are recorded interrupted with a checkpoint, no
+    further job starts, the summary is written, the sweep exits with 143; run again, it goes on
+    from those checkpoints and trains the rest."""
+    parallel = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2") if launcher == "joblib" else ()
+    # The first job to reach step 150 sends it to the sweep's process, as `kill <pid>` would.
+    sigterm = ("+callbacks.sigterm._target_=tests.signals.Sigterm", "+callbacks.sigterm.step=150",
+               f"+callbacks.sigterm.to={'parent' if parallel else 'self'}",
+               f"+callbacks.sigterm.once={tmp_path / 'sent'}")  # fmt: skip
+    cmd = gate_sweep(tmp_path / "sweep", *parallel, *sigterm)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    running = 2 if parallel else 1
+    rows = read_summary(tmp_path / "sweep")
+    assert sorted(row["status"] for row in rows) == ["interrupted"] * running + ["unfinished"] * (
+        3 - running
+    )
+    stopped = [tmp_path / "sweep" / row["job"] for row in rows if row["status"] == "interrupted"]
+    for job in stopped:
+        record = read_metrics(job)
+        assert record["error"].startswith("stopped by SIGTERM") and 0 < record["steps"] < 200
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+    for row in rows:
+        if row["status"] == "unfinished":  # not started: Hydra made its folder, nothing more
+            job = tmp_path / "sweep" / row["job"]
+            assert (
+                "not started: the sweep was stopped by SIGTERM" in (job / "train.log").read_text()
+            )
+            assert not (job / "checkpoints").exists() and not list(job.glob("events.*"))
+
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = read_summary(tmp_path / "sweep")
+    assert [row["status"] for row in rows] == ["completed"] * 3
+    for job in (tmp_path / "sweep" / row["job"] for row in rows):
+        record = read_metrics(job)
+        assert record["steps"] == 200
+        assert ("resumed_from" in record) == (job in stopped)
+
+
+def test_two_sweeps_into_one_folder_train_each_job_once(tmp_path):
+    """Started together into one hydra.sweep.dir, two sweeps reach the same jobs: a job folder
+    has one writer at a time, and the other process skips it while it is busy."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = gate_sweep(tmp_path)
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    rows = read_summary(tmp_path)
+    assert len(rows) == 3
+    for job in (tmp_path / row["job"] for row in rows):
+        assert read_metrics(job)["status"] == "completed"
+        # events.out.tfevents.<time>.<host>.<pid>.<n>: every event file from one process
+        assert len({name.name.split(".")[-2] for name in job.glob("events.*")}) == 1
+        log = (job / "train.log").read_text()
+        assert log.count("run directory:") == 1 and "continuing an unfinished job" not in log
+    said = "".join(outputs).count("is being trained by another process: skipped here")
+    assert said == sum(log.count("skipped here") for log in
+                       (p.read_text() for p in tmp_path.glob("*/train.log")))  # fmt: skip
+
+
 def test_optuna_search_returns_the_optimized_metric(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [

@@ -27,11 +27,18 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # sure of itself before it has seen a label. Pixels left in 0-255 give 20 and more. (A softmax
 # before the cross-entropy goes unseen here: its first loss is ln C as well.)
 FIRST_LOSS_TOLERANCE = 0.5
+# A run has diverged when its loss stops being finite, or when an epoch's training loss is more
+# than DIVERGED_ABOVE times its first loss: far worse than the untrained network. The second
+# catches an explosion while its numbers are still finite (SGD at lr 1e6 on MNIST: 2e10 after 2
+# steps, 1e31 after 4, NaN at 7). Healthy runs stay well below it: SGD at lr 10, 30 times the
+# best rate, ends its first epoch at 1.2 times its first loss. A loss that the network's output
+# bounds (MSE after a sigmoid, as in the gate nets: at most 1) saturates rather than explodes.
+DIVERGED_ABOVE = 2.0
 NO_STEP = torch.iinfo(torch.long).max  # "no step yet"
 
 
 class Diverged(RuntimeError):
-    """The training loss stopped being a finite number."""
+    """The training loss stopped being a finite number, or grew far past its first value."""
 
 
 class NetworkMismatch(InputError, ValueError):
@@ -47,8 +54,9 @@ class SupervisedModule(L.LightningModule):
     optimizer step per training_step call, automatic optimization.
 
     Subclasses set the task: `input_shape` of one example and the `output_shape` the loss needs,
-    and for a classification task its `num_classes`: its first loss is then checked against a
-    uniform guess's (`train/first_loss`) and its test set calibration measured (`test/ece`).
+    and for a classification task its `num_classes`: its first loss (`train/first_loss`, kept
+    for every task to judge divergence by) is then checked against a uniform guess's and its
+    test set calibration measured (`test/ece`).
     """
 
     input_shape: tuple[int, ...]
@@ -109,7 +117,7 @@ class SupervisedModule(L.LightningModule):
         step = self.global_step  # the optimizer steps taken before this one
         # Before any optimizer step (a resumed run starts past it); once, as gradient
         # accumulation keeps step 0 for several minibatches.
-        if step == 0 and self.num_classes and self.first_loss is None:
+        if step == 0 and self.first_loss is None:
             self.check_first_loss(loss.item())
         # Kept on the device (no wait for it each step), checked at logging steps and epoch ends.
         first, value = self.nonfinite
@@ -147,9 +155,18 @@ class SupervisedModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.check_finite()
+        first = self.first_loss
+        if first is not None and first > 0 and self.train_loss.update_count:
+            loss = self.train_loss.compute().item()  # what Lightning logs as train/loss
+            if loss > DIVERGED_ABOVE * first:
+                self.diverged(
+                    f"train/loss of epoch {self.current_epoch + 1} was {loss:.4g}, "
+                    f"more than {DIVERGED_ABOVE:g} times its first loss {first:.4g},"
+                )
 
     def check_first_loss(self, first: float) -> None:
-        """Say how the loss before the first optimizer step compares with ln C; log it.
+        """Keep the loss before the first optimizer step; for a classifier, say how it compares
+        with ln C. Log it.
 
         It is the first step's own loss, from the forward pass that step makes anyway, so the run
         takes the same steps with or without it. An extra pass would change them or measure
@@ -157,6 +174,11 @@ class SupervisedModule(L.LightningModule):
         batch-norm statistics; in eval mode it is not the loss the first update follows.
         """
         self.first_loss = first
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({"train/first_loss": first}, step=0)
+        if not self.num_classes:
+            return
         uniform, classes = math.log(self.num_classes), self.num_classes
         said = f"first loss {first:.2f} (a uniform guess over {classes} classes gives " \
                f"ln {classes} = {uniform:.2f})"  # fmt: skip
@@ -174,21 +196,19 @@ class SupervisedModule(L.LightningModule):
                 "initial weights or logits too large (a custom init or scale of the output "
                 "layer), or inputs not scaled (pixels in 0-255 rather than [0, 1])", said,
             )  # fmt: skip
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics({"train/first_loss": first}, step=0)
 
     def check_finite(self) -> None:
         """Raise Diverged, naming the first step whose loss was not finite, if there was one
         (counted from 1, as global_step counts). Each check waits for the device."""
         first, value = self.nonfinite
         if first.item() != NO_STEP:
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            raise Diverged(
-                f"train/loss became {value.item()} at step {first.item() + 1} "
-                f"(epoch {self.current_epoch + 1}) with learning rate {lr:g}: "
-                "lower optimizer.lr or change the optimizer"
-            )
+            self.diverged(f"train/loss became {value.item()} at step {first.item() + 1} "
+                          f"(epoch {self.current_epoch + 1})")  # fmt: skip
+
+    def diverged(self, what: str) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        raise Diverged(f"{what} with learning rate {lr:g}: lower optimizer.lr or change the "
+                       "optimizer")  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The epoch's training metrics so far (a few numbers): a run stopped in the middle of an

@@ -1,0 +1,64 @@
+"""A SIGTERM remembered for the rest of the process, so that a stop asked for at any moment ends
+what it should: a run between its fit and its test, a sweep between two jobs, the workers of a
+parallel sweep.
+
+Lightning handles SIGTERM itself only while it fits or tests; it runs the handler it found
+installed as well, so the one installed here hears every SIGTERM of the process.
+"""
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+EXIT_STATUS = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
+
+_listening = False
+_received = False
+
+
+def listen(forward: bool = False) -> None:
+    """From now on, a SIGTERM to this process is noted (`received()`), not fatal; a handler
+    installed before (a launcher's) still runs. With `forward`, it is passed on to the worker
+    processes of a parallel sweep that listen too. Once per process; later calls do nothing."""
+    global _listening
+    if _listening:
+        return
+    _listening = True
+    before = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame) -> None:
+        global _received
+        _received = True
+        if forward:
+            stop_workers()
+        if callable(before):
+            before(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def received() -> bool:
+    """Whether this process has been sent SIGTERM since it started listening."""
+    return _received
+
+
+def stop_workers() -> None:
+    """Send SIGTERM to this process's worker processes that listen for it."""
+    for child in multiprocessing.active_children():
+        # A worker that has not run a job yet would die of the signal, and joblib would take that
+        # for a crash of the whole sweep; it has nothing to stop, so it is left alone.
+        if listens(child.pid):
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(child.pid, signal.SIGTERM)
+
+
+def listens(pid: int) -> bool:
+    """Whether process `pid` handles SIGTERM (Linux says so in /proc; elsewhere, assume so)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
