@@ -2,6 +2,7 @@
 work is said in one line, with exit status 2, as every other bad input is (src/errors.py)."""
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ def run_command_line(main: Callable[[], object]) -> None:
     try:
         main()
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
-        print(f"error: {composition_error(err)}", file=sys.stderr)
+        print(f"error: {composition_error(err, args)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -86,9 +87,15 @@ def missing_extra(args: list[str]) -> str | None:
     return None
 
 
-def composition_error(err: Exception) -> str:
+def composition_error(err: Exception, args: list[str]) -> str:
     """One line for a command line Hydra cannot compose: the key and what it takes."""
     cause = err.__cause__ or err
     key = getattr(cause, "full_key", None)
     said = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
+    # `experiment=nand`, the habit of templates whose defaults list has an experiment slot: here
+    # an experiment (a debug preset, a sweep) is added to the defaults, with a +.
+    added = re.fullmatch(r"Could not override '([\w/]+)'\. No match in the defaults list\.", said)
+    if added:
+        given = next((arg for arg in args if arg.startswith(f"{added[1]}=")), added[1])
+        return f"{given}: {added[1]} is not in the defaults list; add it with +{given}"
     return f"{key}: {said}" if key else said
