@@ -1,10 +1,12 @@
 """The DataModules on small MNIST-format files, through torchvision's real reader."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
@@ -87,6 +89,31 @@ def test_eval_loaders_keep_the_order(tiny_mnist):
     labels = torch.cat([y for _, y in dm.test_dataloader()])
     assert torch.equal(labels, dm.test_set.tensors[1])
     assert len(dm.val_dataloader()) == math.ceil(100 / 30)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 7])
+def test_eval_loaders_under_ddp_read_every_image_once(tiny_mnist, world_size):
+    """Each rank reads its own block of the validation and test sets, unpadded and in order (100
+    images on 3 ranks: 33, 33 and 34), in a DistributedSampler, which Lightning leaves in place."""
+    dm = make_dm(tiny_mnist, eval_batch_size=11)
+    for name, split in (("val_dataloader", dm.val_set), ("test_dataloader", dm.test_set)):
+        shares = []
+        for rank in range(world_size):
+            dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+            loader = getattr(dm, name)()
+            assert isinstance(loader.sampler, DistributedSampler)
+            shares.append([torch.cat(parts) for parts in zip(*loader, strict=True)])
+        for i, tensor in enumerate(split.tensors):  # images, then labels
+            assert torch.equal(torch.cat([share[i] for share in shares]), tensor)
+        sizes = [len(share[1]) for share in shares]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_an_eval_set_smaller_than_the_ranks_is_refused():
+    dm = LogicGateDataModule(gate="nand", steps_per_epoch=1)
+    dm.trainer = SimpleNamespace(world_size=5, global_rank=0)
+    with pytest.raises(ConfigError, match="4 examples cannot be shared by 5 processes"):
+        dm.val_dataloader()
 
 
 def test_normalize_uses_training_split_statistics(tiny_mnist):

@@ -7,10 +7,15 @@ from subprocess import PIPE
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
+from src.checkpoints import load_module
+from src.config import register
+from src.eval import evaluate
 from tests.conftest import REPO, read_metrics, run_train
 
 pytestmark = pytest.mark.slow  # every test here trains
@@ -225,3 +230,44 @@ def test_cosine_schedule_runs_from_the_learning_rate_to_zero_over_the_run(tiny_m
     assert lr[0].value == pytest.approx(0.01)
     assert lr[-1].value == pytest.approx(0.01 * (1 + math.cos(math.pi * 15 / 16)) / 2)
     assert lr[-1].value < 1e-4 and all(a.value > b.value for a, b in zip(lr, lr[1:], strict=False))
+
+
+def test_ddp_on_three_processes_counts_every_image_once(tiny_mnist, tmp_path):
+    """100 validation and 100 test images over 3 ranks. Lightning's own DistributedSampler would
+    pad each set to 102 (two images read twice); every image must count once, so that the numbers
+    are those of one process reading the whole set. Batches of 11 cut the ranks' shares of 33, 33
+    and 34 images into 3, 3 and 4 batches: the ranks end their loops at different steps."""
+    run_dir = tmp_path / "run"
+    run_train("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "data.val_size=100",
+              "data.eval_batch_size=11", "trainer=ddp_cpu", "trainer.devices=3",
+              "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "completed" and metrics["tested"] == "checkpoints/last.ckpt"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+
+    # The tested checkpoint counted by hand over every image once (validation ran on the same
+    # weights, at the end of the one epoch).
+    module, run_cfg, _ = load_module(ckpt)
+    datamodule = instantiate(run_cfg.data)
+    datamodule.setup()
+    for stage, split in (("val", datamodule.val_set), ("test", datamodule.test_set)):
+        x, y = split.tensors
+        with torch.no_grad():
+            out = module(x)
+        assert len(y) == 100
+        accuracy = (out.argmax(dim=1) == y).double().mean().item()
+        assert metrics[f"{stage}/acc"] == pytest.approx(accuracy, abs=1e-6), stage
+        loss = nn.functional.cross_entropy(out, y).item()
+        assert metrics[f"{stage}/loss"] == pytest.approx(loss, rel=1e-5), stage
+
+    # src.eval of that checkpoint, in one process, gives the run's test numbers again.
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    register()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        eval_cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", f"paths.output_dir={eval_dir}",
+                                              "trainer.accelerator=cpu"])  # fmt: skip
+    evaluated = evaluate(eval_cfg, eval_dir)
+    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    for key in ("test/loss", "test/ece"):
+        assert evaluated[key] == pytest.approx(metrics[key], rel=1e-5), key

@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from src.data.tensors import TensorBatches
+from src.data.tensors import TensorBatches, eval_sampler
 
 INPUTS = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0))
 TRUTH_TABLES = {
@@ -41,7 +41,7 @@ class LogicGateDataModule(L.LightningDataModule):
         return FullBatches(self.table.tensors, self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return self.table.loader(len(self.table))
+        return self.table.loader(len(self.table), eval_sampler(self.table, self.trainer))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
-from src.data.tensors import EpochShuffle, TensorBatches
+from src.data.tensors import EpochShuffle, TensorBatches, eval_sampler
 from src.errors import ConfigError, InputError
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
@@ -161,10 +161,10 @@ class MNISTDataModule(L.LightningDataModule):
         return self.train_set.loader(self.batch_size, EpochShuffle(len(self.train_set), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self.val_set.loader(self.eval_batch_size)
+        return self.val_set.loader(self.eval_batch_size, eval_sampler(self.val_set, self.trainer))
 
     def test_dataloader(self) -> DataLoader:
-        return self.test_set.loader(self.eval_batch_size)
+        return self.test_set.loader(self.eval_batch_size, eval_sampler(self.test_set, self.trainer))
 
 
 def check_idx_size(path: Path) -> None:

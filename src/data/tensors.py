@@ -3,7 +3,9 @@
 from itertools import islice
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from src.errors import ConfigError
 
 
 class TensorBatches(Dataset):
@@ -116,3 +118,40 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         return iter(self.order().tolist())
+
+
+class EvalShard(DistributedSampler):
+    """One DDP rank's share of a validation or test set, in order: each example on exactly one rank.
+
+    Lightning shards a plain loader with torch's DistributedSampler, which pads the set to a
+    multiple of the ranks (MNIST's 10,000 test images on 3 ranks are read as 10,002), so numbers
+    summed over the ranks count a few examples twice. This one does not pad: rank r reads the
+    contiguous block [r·n/R, (r+1)·n/R), so shares differ by one example at most and the ranks may
+    run different numbers of batches, which evaluation allows as long as nothing syncs per step
+    (no gradients; the metrics sync once, at the epoch's end). Being a DistributedSampler, it is
+    left in place by Lightning, which replaces only samplers that are not.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        size = len(dataset)
+        self.start, stop = size * rank // num_replicas, size * (rank + 1) // num_replicas
+        # DistributedSampler's own counts, made exact: this rank's share, and no padding.
+        self.num_samples, self.total_size = stop - self.start, size
+
+    def __iter__(self):
+        return iter(range(self.start, self.start + self.num_samples))
+
+
+def eval_sampler(dataset: Dataset, trainer) -> EvalShard | None:
+    """The sampler of an evaluation loader: this rank's `EvalShard` under DDP, else None (in
+    order). `trainer` is the datamodule's (None outside a Trainer)."""
+    if trainer is None or trainer.world_size == 1:
+        return None
+    if len(dataset) < trainer.world_size:
+        # A rank with no batch: Lightning stops with a traceback about a zero-length loader.
+        raise ConfigError(
+            f"an evaluation set of {len(dataset)} examples cannot be shared by "
+            f"{trainer.world_size} processes, each needing one at least: lower trainer.devices"
+        )
+    return EvalShard(dataset, trainer.world_size, trainer.global_rank)

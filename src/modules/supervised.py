@@ -76,6 +76,7 @@ class SupervisedModule(L.LightningModule):
         self.loss = loss
         # One metric object per stage: their running states must not mix.
         self.train_acc, self.val_acc, self.test_acc = (accuracy.clone() for _ in range(3))
+        self.val_loss, self.test_loss = SampleMean(), SampleMean()
         # The epoch's training loss over its samples: each minibatch's mean weighted by its size.
         # NaN passes through (the finite check below names the step).
         self.train_loss = MeanMetric(nan_strategy="disable")
@@ -235,9 +236,14 @@ class SupervisedModule(L.LightningModule):
     def eval_step(self, batch: Batch, stage: str) -> None:
         x, y = batch
         out = self.net(x)
-        acc = getattr(self, f"{stage}_acc")
+        # Metric objects whose states are sums, synced once at the epoch's end: under DDP the
+        # ranks hold unequal shares of the set (src/data/tensors.py, EvalShard), over which a
+        # mean of the ranks' means would be wrong, and may run unequal numbers of batches, so
+        # nothing here may sync per step.
+        loss, acc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
+        loss.update(self.loss(out, y), len(y))
         acc.update(out, y)
-        self.log(f"{stage}/loss", self.loss(out, y), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True)
         self.log(f"{stage}/acc", acc, prog_bar=True)
         if stage == "test" and self.test_ece is not None:
             # torchmetrics takes outputs that all lie in [0, 1] for probabilities and softmaxes
@@ -269,6 +275,30 @@ class SupervisedModule(L.LightningModule):
             for name in ("T_max", "total_steps")
             if name in wanted and schedule.keywords.get(name) is None
         }
+
+
+class SampleMean(Metric):
+    """The mean over samples of minibatch means, each weighted by its minibatch's size.
+
+    Its states are sums (as Lightning keeps a logged tensor's, with the same float operations, so
+    one process gets the same value to the bit), so it stays exact over DDP ranks holding
+    different numbers of samples. MeanMetric takes weights only with its NaN check, which waits
+    for the device at each update and drops NaNs; here a NaN loss passes through.
+    """
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, mean: torch.Tensor, size: int) -> None:
+        self.total = self.total + mean * size
+        self.count = self.count + size
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 def check_fits(net: nn.Module, example: torch.Tensor, output_shape: tuple[int, ...]) -> None:
