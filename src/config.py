@@ -508,8 +508,9 @@ def check_checkpoint(path: Path) -> None:
         raise ConfigError(f"ckpt_path={path} is not a PyTorch/Lightning checkpoint")
 
 
-def run_config(ckpt: Path) -> DictConfig:
-    """The composed config of the run that wrote `ckpt`: its model and data settings."""
+def run_config(ckpt: Path) -> tuple[DictConfig, Path]:
+    """The composed config of the run that wrote `ckpt` (its model and data settings), and the
+    file it was read from."""
     path = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
     if not path.is_file():
         raise InputError(
@@ -523,4 +524,4 @@ def run_config(ckpt: Path) -> DictConfig:
         raise InputError(f"{path} is not a readable run config ({reason})") from None
     if not isinstance(config, DictConfig):
         raise InputError(f"{path} is not a run config (not a mapping of settings)")
-    return config
+    return config, path

@@ -33,17 +33,14 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Test the checkpoint's weights on its run's data; write and return `metrics.json`."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise InputError("ckpt_path is missing: python -m src.eval ckpt_path=<a checkpoint>")
-    from src.checkpoints import load_module
+    from src.checkpoints import load_run
 
     ckpt = Path(cfg.ckpt_path)
-    module, run_cfg, _ = load_module(ckpt, allow=cfg.allow)
-    if cfg.data_dir is not None:
-        run_cfg.data.data_dir = cfg.data_dir
+    module, datamodule, _ = load_run(ckpt, allow=cfg.allow, data_dir=cfg.data_dir)
 
     import lightning as L
     from hydra.utils import instantiate
 
-    datamodule = instantiate(run_cfg.data)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     record = {key: float(value) for key, value in results.items()}

@@ -160,9 +160,9 @@ def ranked(
 ) -> tuple[list[list[int]], list[list[float]]]:
     """The two likeliest digits for each 28×28 image, and their softmax probabilities. `allow`:
     modules besides src and torch whose classes the checkpoint's run config may build."""
-    from src.checkpoints import load_module
+    from src.checkpoints import load_run
 
-    model, _, checkpoint = load_module(ckpt_path, allow)
+    model, _, checkpoint = load_run(ckpt_path, allow)
 
     import torch
 

@@ -14,6 +14,8 @@ import socket
 import traceback
 from pathlib import Path
 
+import yaml
+
 from src.errors import InputError
 
 
@@ -58,6 +60,18 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def read_overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides a run was started with (its .hydra/overrides.yaml), or None when
+    the file is missing, unreadable or anything but a list of strings."""
+    try:
+        overrides = yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):  # a ValueError: bytes that are not text
+        return None
+    overrides = [] if overrides is None else overrides
+    ok = isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)
+    return overrides if ok else None
 
 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}

@@ -8,11 +8,10 @@ summary table and the curves of every job.
 import sys
 from pathlib import Path
 
-import yaml
 from matplotlib.figure import Figure
 
 from src.events import epoch_curve, load_events
-from src.records import read_json, write_png, write_text
+from src.records import read_json, read_overrides, write_png, write_text
 from src.sweep import job_dirs, read_jobs, write_summary
 
 CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc")}
@@ -37,9 +36,8 @@ def run_report(run_dir: Path) -> Path:
     write_png(run_dir / "curves.png", fig)
 
     lines = [f"# Run `{run_dir.name}`", ""]
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if overrides_file.is_file():
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+    overrides = read_overrides(run_dir)
+    if overrides is not None:
         lines += ["```", "python -m src.train " + " ".join(overrides), "```", ""]
     lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in metrics.items()]

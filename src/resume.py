@@ -11,6 +11,7 @@ writing it at a time. Nothing here imports Lightning.
 import errno
 import fcntl
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -57,6 +58,15 @@ def resume_changes(cfg: DictConfig, then: dict | None, ckpt: Path) -> dict[str, 
         raise ConfigError(
             f"ckpt_path={ckpt} was trained with other settings, which a resume cannot change: "
             f"{listed}. Resume with the run's own settings, or start a new run."
+        )
+    # A new learning rate scales the restored ones by now / then (src/callbacks/resumed.py).
+    lr = changed.get("optimizer.lr", [1.0])[0]
+    number = isinstance(lr, int | float) and not isinstance(lr, bool)
+    if not (number and math.isfinite(lr) and lr > 0):
+        raise ConfigError(
+            f"the config in ckpt_path={ckpt}: optimizer.lr={lr!r} is not a learning rate, so the "
+            "rates restored from it cannot be rescaled to this run's: resume from another "
+            "checkpoint, or start a new run"
         )
     return changed
 

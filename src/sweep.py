@@ -12,13 +12,12 @@ import math
 import sys
 from pathlib import Path
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src import sigterm
 from src.events import epoch_curve, load_events
-from src.records import read_json, write_png, write_text
+from src.records import read_json, read_overrides, write_png, write_text
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +59,8 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
     jobs = []
     for job_dir in job_dirs(sweep_dir):
         record = read_json(job_dir / "metrics.json") or {"status": "unfinished"}
-        try:
-            overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
-        except (OSError, yaml.YAMLError):
-            overrides = [job_dir.name]
+        overrides = read_overrides(job_dir)
+        overrides = [job_dir.name] if overrides is None else overrides
         if record.get("train_seconds") and record.get("epochs"):
             record["epoch_seconds"] = round(record["train_seconds"] / record["epochs"], 2)
         jobs.append({"job": job_dir.name, "dir": job_dir, "overrides": overrides, **record})

@@ -124,7 +124,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from src.callbacks import ConfigInCheckpoints, EpochTable, ResumedSettings
-    from src.checkpoints import check_weights_fit, read_checkpoint
+    from src.checkpoints import check_weights_fit, read_checkpoint, stored_config
     from src.lr_finder import find_learning_rate
     from src.modules import Diverged
 
@@ -134,7 +134,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     threading.excepthook = quiet_when_no_room(threading.excepthook)
     ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     checkpoint = read_checkpoint(ckpt) if ckpt else None
-    changes = resume_changes(cfg, checkpoint.get("config"), ckpt) if checkpoint else None
+    # The config it keeps is only compared with this run's, as written: never resolved, never built.
+    changes = resume_changes(cfg, stored_config(checkpoint, ckpt), ckpt) if checkpoint else None
     if changes:
         listed = ", ".join(f"{key}: {then} → {now}" for key, (then, now) in changes.items())
         log.info("resuming with changed settings: %s", listed)

@@ -10,12 +10,11 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from src.callbacks.pictures import CALIBRATION_BINS, calibration_counts, calibration_error
-from src.checkpoints import load_module
+from src.checkpoints import load_run
 from src.config import register
 from src.data import MNISTDataModule
 from src.eval import evaluate
@@ -61,8 +60,7 @@ def test_test_ece_is_torchmetrics_on_the_tested_checkpoint_and_eval_gives_it_aga
     run_dir, _ = digit_run
     metrics = read_metrics(run_dir)
     assert 0 < metrics["test/ece"] < 1
-    module, run_cfg, _ = load_module(run_dir / metrics["tested"])
-    data = instantiate(run_cfg.data)
+    module, data, _ = load_run(run_dir / metrics["tested"])
     data.setup("test")
     x, y = data.test_set.tensors
     with torch.no_grad():

@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.conftest import REPO, make_mnist_files, read_metrics, run_train, write_idx
 
@@ -537,3 +539,177 @@ def test_checkpoints_hold_no_pickled_objects(tmp_path):
         write_evil_checkpoint(tmp_path / "evil.ckpt")
         torch.load(tmp_path / "evil.ckpt", weights_only=True)
     assert not (tmp_path / "pwned").exists()
+
+
+# A run folder's config is data. Each case: what it does to a real run's config, and the key the
+# one line names. SECRET stands for what this machine's environment holds.
+SECRET = ("RUN_FOLDER_SECRET", "s3cret-value")
+
+
+def net(config: dict) -> dict:
+    return config["model"]["net"]
+
+
+HOSTILE = {
+    "environment": (lambda c: net(c).update(hidden_dim=f"${{oc.env:{SECRET[0]}}}"),
+                    "model.net.hidden_dim=${oc.env:RUN_FOLDER_SECRET} calls the resolver oc.env"),
+    "environment by reference": (
+        lambda c: (c["data"].update(gate="${paths.gate}"),
+                   c["paths"].update(gate=f"${{oc.env:{SECRET[0]}}}")),
+        "paths.gate=${oc.env:RUN_FOLDER_SECRET} calls the resolver oc.env",
+    ),
+    "unknown resolver": (lambda c: net(c).update(hidden_dim="${nope:x}"),
+                         "model.net.hidden_dim=${nope:x} calls the resolver nope"),
+    "dangling reference": (lambda c: net(c).update(hidden_dim="${nowhere.x}"),
+                           "model.net.hidden_dim=${nowhere.x} refers to nowhere.x"),
+    "reference loop": (
+        lambda c: (net(c).update(hidden_dim="${paths.a}"), c["paths"].update(a="${paths.b}"),
+                   c["paths"].update(b="${paths.a}")),
+        "model.net.hidden_dim cannot be resolved",
+    ),
+    "never set": (lambda c: net(c).update(hidden_dim="???"), "model.net.hidden_dim is ???"),
+    "torch's Module": (lambda c: net(c).update(_target_="torch.nn.modules.module.Module"),
+                       "model.net cannot be built (TypeError: Module.__init__() got an"),
+    "unknown argument": (lambda c: net(c).update(width=3),
+                         "model.net.width is not an argument of src.models.LogicGateNet"),
+    "missing argument": (lambda c: net(c).pop("hidden_dim"),
+                         "model.net has no hidden_dim, which src.models.LogicGateNet needs"),
+    "wrong type": (lambda c: net(c).update(hidden_dim="abc"),
+                   "model.net.hidden_dim='abc' is not of type int"),
+    "negative size": (lambda c: net(c).update(hidden_dim=-5),
+                      "model.net cannot be built (RuntimeError: Trying to create tensor"),
+    "a tensor for a value": (lambda c: net(c).update(hidden_dim=torch.tensor([3])),
+                             "model.net.hidden_dim holds a Tensor, not a plain value"),
+    "not a mapping": (lambda checkpoint: checkpoint.update(config=["model", "data"]),
+                      "its top is a list, not a mapping of settings"),
+    # A setting a resume uses: a new learning rate scales the restored ones by now / then.
+    "lr from the environment": (lambda c: c["optimizer"].update(lr=f"${{oc.env:{SECRET[0]}}}"),
+                                "optimizer.lr='${oc.env:RUN_FOLDER_SECRET}' is not"),
+}  # fmt: skip
+DIGIT_IMAGE = REPO / "docs" / "mnist_first_layer_weights.png"
+
+
+@pytest.fixture(scope="module")
+def gate_run(tmp_path_factory):
+    """A real run's folder: a few steps of nand."""
+    run_dir = tmp_path_factory.mktemp("gates") / "run"
+    run_train("+experiment=nand", "data.steps_per_epoch=5", "trainer.max_steps=5",
+              f"hydra.run.dir={run_dir}")  # fmt: skip
+    return run_dir
+
+
+def hostile_run(gate_run, tmp_path, case: str, where: str = "checkpoint"):
+    """A copy of `gate_run`'s checkpoint (and .hydra/config.yaml) with the case's config: kept in
+    the checkpoint, or (`where="yaml"`) in .hydra/config.yaml of a checkpoint that keeps none.
+    Returns the checkpoint and the file the config is read from."""
+    checkpoint = torch.load(gate_run / "checkpoints" / "last.ckpt", weights_only=True)
+    config = checkpoint["config"]
+    edit, _ = HOSTILE[case]
+    edit(checkpoint if case == "not a mapping" else config)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra").mkdir()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    yaml_file = tmp_path / "run" / ".hydra" / "config.yaml"
+    yaml_file.write_text((gate_run / ".hydra" / "config.yaml").read_text())
+    if where == "yaml":
+        yaml_file.write_text(yaml.safe_dump(checkpoint.pop("config"), sort_keys=False))
+    torch.save(checkpoint, ckpt)
+    return ckpt, (f"the config in ckpt_path={ckpt}" if where == "checkpoint" else str(yaml_file))
+
+
+def files_under(path) -> set:
+    return {p.relative_to(path) for p in path.rglob("*")}
+
+
+def entry_point(entry: str, ckpt, out_dir):
+    """src.eval's or src.predict's work for `ckpt`, in this process."""
+    from hydra import compose, initialize_config_dir
+
+    from src.config import register
+    from src.eval import evaluate
+    from src.predict import predict
+
+    if entry == "predict":
+        return predict(ckpt, DIGIT_IMAGE)
+    register()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("eval", [f"ckpt_path={ckpt}", f"paths.output_dir={out_dir}"])
+    return evaluate(cfg, out_dir)
+
+
+# What src.eval and src.predict build: all but the optimizer's learning rate.
+FOLDER_CASES = [(case, "checkpoint") for case in HOSTILE if case != "lr from the environment"] + [
+    (case, "yaml") for case in ("environment", "dangling reference", "missing argument")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["eval", "predict"])
+@pytest.mark.parametrize(("case", "where"), FOLDER_CASES, ids=[f"{c}-{w}" for c, w in FOLDER_CASES])
+def test_a_run_folder_whose_config_cannot_be_built_is_refused_in_one_line(
+    entry, case, where, gate_run, tmp_path, monkeypatch
+):
+    from src.errors import InputError
+
+    monkeypatch.setenv(*SECRET)
+    ckpt, source = hostile_run(gate_run, tmp_path, case, where)
+    (tmp_path / "out").mkdir()
+    before = files_under(tmp_path)
+    with pytest.raises(InputError) as err:
+        entry_point(entry, ckpt, tmp_path / "out")
+    said = str(err.value)
+    assert "\n" not in said and said.startswith(f"{source}: "), said
+    assert HOSTILE[case][1] in said and "train again, or use another run" in said, said
+    assert SECRET[1] not in said
+    assert files_under(tmp_path) == before  # nothing written: no metrics.json, no event file
+
+
+RESUME = ("+experiment=nand", "data.steps_per_epoch=5", "trainer.max_steps=10")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("module", "case", "said"), [
+    ("src.eval", "environment", "calls the resolver oc.env"),
+    ("src.predict", "torch's Module", "model.net cannot be built"),
+    ("src.train", "environment", "model.net.hidden_dim (${oc.env:RUN_FOLDER_SECRET} → 3)"),
+    ("src.train", "lr from the environment", "optimizer.lr='${oc.env:RUN_FOLDER_SECRET}' is not"),
+    ("src.train", "not a mapping", "its top is a list, not a mapping of settings"),
+    ("src.train", "a tensor for a value", "model.net.hidden_dim holds a Tensor"),
+])  # fmt: skip
+def test_the_commands_refuse_such_a_folder_in_one_line_with_status_2(
+    module, case, said, gate_run, tmp_path
+):
+    """The same answer from every command that reads a run folder's config: src.eval and
+    src.predict build from it, a resume (src.train ckpt_path=) compares its settings with it."""
+    ckpt, _ = hostile_run(gate_run, tmp_path, case)
+    out = tmp_path / "out"
+    args = {"src.eval": [f"ckpt_path={ckpt}", f"hydra.run.dir={out}"],
+            "src.predict": [f"ckpt_path={ckpt}", f"input={DIGIT_IMAGE}"],
+            "src.train": [*RESUME, f"ckpt_path={ckpt}", f"hydra.run.dir={out}"]}  # fmt: skip
+    before = files_under(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), SECRET[0]: SECRET[1]}
+    proc = subprocess.run([sys.executable, "-m", module, *args[module]], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert proc.returncode == 2, output
+    assert len(lines) == 1 and "Traceback" not in output, output
+    assert str(ckpt) in lines[0] and said in lines[0] and SECRET[1] not in output, output
+    # Hydra's own record of the command is all it leaves: no metrics.json, checkpoint or events.
+    new = files_under(tmp_path) - before
+    hydras = {p for p in new if p == Path("out") or p.parts[:2] == ("out", ".hydra")
+              or (p.parent == Path("out") and p.suffix == ".log")}  # fmt: skip
+    assert new == hydras, new - hydras
+
+
+@pytest.mark.parametrize("overrides", ["[1, 2]", "{a: b}", "[unclosed", "\x00\xff"])
+def test_a_report_of_a_run_whose_overrides_file_is_not_a_list_leaves_the_command_out(
+    overrides, tmp_path
+):
+    from src.report import run_report
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_bytes(overrides.encode("latin-1"))
+    (tmp_path / "metrics.json").write_text('{"status": "completed"}')
+    text = run_report(tmp_path).read_text()
+    assert "python -m src.train" not in text and "| status | completed |" in text
