@@ -8,6 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from src.command_line import run_command_line
 from src.config import register
 from src.errors import InputError
 from src.records import write_json
@@ -50,4 +51,4 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command_line(main)

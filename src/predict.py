@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from src.command_line import run_command_line
 from src.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -195,4 +196,4 @@ def predict(
 
 
 if __name__ == "__main__":
-    main()
+    run_command_line(main)

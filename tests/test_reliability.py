@@ -410,14 +410,15 @@ def test_a_directory_that_cannot_be_made_is_one_line(case, mode, tmp_path):
     ]
 
 
-def test_a_number_too_long_to_read_is_one_line(tmp_path):
+@pytest.mark.parametrize("entry", ["src.train", "src.eval", "src.predict"])
+def test_a_number_too_long_to_read_is_one_line(entry, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "src.train", "+experiment=nand", "optimizer.lr=" + "1" * 5000,
-           f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    cmd = [sys.executable, "-m", entry, "+experiment=nand", "ckpt_path=last.ckpt",
+           "seed=" + "1" * 5000, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
     assert proc.stderr.splitlines() == [
-        "error: optimizer.lr: Exceeds the limit (4300 digits) for integer string conversion: "
+        "error: seed: Exceeds the limit (4300 digits) for integer string conversion: "
         "value has 5000 digits"
     ]
     assert not (tmp_path / "run").exists()
