@@ -14,7 +14,9 @@ from tests.test_train import read_hparams
 
 pytestmark = pytest.mark.slow  # every test here trains
 
-GRID = ("optimizer=sgd,adam", "optimizer.lr=0.1,0.01")
+# Rates at which both optimizers learn these tiny files (Adam at 0.1 blows its loss up to 8
+# times the first: diverged).
+GRID = ("optimizer=sgd,adam", "optimizer.lr=0.01,0.001")
 
 
 def run_sweep(tiny_mnist, *overrides, cwd=REPO) -> subprocess.CompletedProcess:
@@ -54,8 +56,8 @@ def test_every_job_has_a_directory_named_by_its_settings(sweep, tiny_mnist):
     sweep_dir, _ = sweep
     names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     assert len(names) == 4
-    for name, (opt, lr) in zip(names, [("adam", "0.01"), ("sgd", "0.01"), ("adam", "0.1"),
-                                       ("sgd", "0.1")], strict=True):  # fmt: skip
+    for name, (opt, lr) in zip(names, [("adam", "0.001"), ("sgd", "0.001"), ("adam", "0.01"),
+                                       ("sgd", "0.01")], strict=True):  # fmt: skip
         # Sorted settings; a long value (the data path) cut short with a hash of it.
         assert name.startswith("+experiment=mnist_sgd,data.data_dir=%2Ftmp%2F")
         assert f",data.val_size=100,optimizer.lr={lr},optimizer={opt}," in name
@@ -73,7 +75,7 @@ def test_every_job_has_a_directory_named_by_its_settings(sweep, tiny_mnist):
         # The record says which settings it belongs to.
         assert f"optimizer.lr={params['optimizer.lr']}" in metrics["overrides"]
     assert seen == {
-        ("SGD", 0.1), ("SGD", 0.01), ("Adam", 0.1), ("Adam", 0.01),
+        ("SGD", 0.01), ("SGD", 0.001), ("Adam", 0.01), ("Adam", 0.001),
     }  # fmt: skip
 
 
@@ -84,8 +86,8 @@ def test_summary_lists_every_job_best_first_by_the_experiments_metric(sweep):
                              "parameters", "epoch_seconds", "fit_seconds", "status",
                              "job"]  # fmt: skip
     assert {row["overrides"] for row in rows} == {
-        "optimizer=sgd optimizer.lr=0.1", "optimizer=sgd optimizer.lr=0.01",
-        "optimizer=adam optimizer.lr=0.1", "optimizer=adam optimizer.lr=0.01",
+        "optimizer=sgd optimizer.lr=0.01", "optimizer=sgd optimizer.lr=0.001",
+        "optimizer=adam optimizer.lr=0.01", "optimizer=adam optimizer.lr=0.001",
     }  # fmt: skip
     val_accs = [float(row["val/acc"]) for row in rows]
     assert val_accs == sorted(val_accs, reverse=True)

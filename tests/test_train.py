@@ -8,12 +8,11 @@ from subprocess import PIPE
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 
-from src.checkpoints import load_module
+from src.checkpoints import load_run
 from src.config import register
 from src.eval import evaluate
 from tests.conftest import REPO, read_metrics, run_train
@@ -247,8 +246,7 @@ def test_ddp_on_three_processes_counts_every_image_once(tiny_mnist, tmp_path):
 
     # The tested checkpoint counted by hand over every image once (validation ran on the same
     # weights, at the end of the one epoch).
-    module, run_cfg, _ = load_module(ckpt)
-    datamodule = instantiate(run_cfg.data)
+    module, datamodule, _ = load_run(ckpt)
     datamodule.setup()
     for stage, split in (("val", datamodule.val_set), ("test", datamodule.test_set)):
         x, y = split.tensors
