@@ -17,17 +17,24 @@ help: ## list the targets
 # install takes from the lock only what it needs.
 LOCK := requirements.lock
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
+# The install stamps are named by the content of pyproject.toml and the lock, not compared by
+# file time: a fresh clone (new times, same content) keeps its venv, an edit makes a new one.
+CONTENT := $(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
+INSTALLED := $(VENV)/.installed-$(CONTENT)
+DEV := $(VENV)/.dev-$(CONTENT)
+
+$(INSTALLED):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(LOCK) -e .
+	rm -f $(VENV)/.installed* $(VENV)/.dev*
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.installed
+$(DEV): $(INSTALLED)
 	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed ## create .venv with the project (the versions in requirements.lock)
+install: $(INSTALLED) ## create .venv with the project (the versions in requirements.lock)
 
 lock: ## refresh requirements.lock: the newest versions pyproject.toml allows, in a fresh venv
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -44,14 +51,14 @@ data: ## link local MNIST files (MNIST_RAW=...) into data/MNIST/raw, if there ar
 train: install data ## train the primer's MNIST classifier (+experiment=mnist_sgd; more with ARGS=...)
 	$(PY) -m src.train +experiment=mnist_sgd $(ARGS)
 
-test: $(VENV)/.dev data ## lint, then run the whole test suite
+test: $(DEV) data ## lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
-test-fast: $(VENV)/.dev data ## the tests not marked slow (under a minute)
+test-fast: $(DEV) data ## the tests not marked slow (under a minute)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
 
-lint: $(VENV)/.dev ## ruff check and format check
+lint: $(DEV) ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -47,11 +47,18 @@ def unreadable_value(args: list[str]) -> str | None:
     return None
 
 
-def unknown_option(args: list[str], conf: Path = Path(__file__).parents[1] / "conf") -> str | None:
-    """The first `group=option` on the command line (a sweep's options included) that names no
-    file of that group under conf/, said in one line with the valid options; None if all do.
+CONF = Path(__file__).parents[1] / "conf"
 
-    Hydra finds it too, but only after composing, in a dozen lines with its search path.
+
+def unknown_option(args: list[str]) -> str | None:
+    """The first `group=option` on the command line (a sweep's options included) that names no
+    config file of that group on the search path, said in one line with the valid options; None
+    if all do. The search path is conf/ and the folders the command line adds as Hydra takes
+    them (`--config-dir`, `hydra.searchpath=[file://...]`); where it adds what is not a folder
+    (a `pkg://` entry, `--config-path`), the check is left to Hydra (composition_error).
+
+    Hydra finds it too, but only after composing, in a dozen lines; and in a sweep only when it
+    reaches that job.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -61,20 +68,46 @@ def unknown_option(args: list[str], conf: Path = Path(__file__).parents[1] / "co
         )
     except Exception:  # a malformed override: Hydra's own message, or unreadable_value's
         return None
+    roots = search_path(args, overrides)
+    if roots is None:
+        return None
     for override in overrides:
-        group = conf / override.key_or_group
-        if not group.is_dir() or override.is_delete() or override.key_or_group == "hydra":
+        name = override.key_or_group
+        groups = [root / name for root in roots if (root / name).is_dir()]
+        if not groups or override.is_delete() or name == "hydra":
             continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = sorted({p.relative_to(g).with_suffix("").as_posix()
+                          for g in groups for p in g.rglob("*.yaml")})  # fmt: skip
         if override.is_sweep_override():
             chosen = list(override.sweep_string_iterator())
         else:
             chosen = [override.value()]
         for option in chosen:
             if option is not None and str(option) != "null" and str(option) not in options:
-                return (f"{override.key_or_group}={option} is not one of: {', '.join(options)} "
-                        f"(conf/{override.key_or_group}/)")  # fmt: skip
+                where = ", ".join(f"{g.relative_to(CONF.parent) if g.is_relative_to(CONF) else g}/"
+                                  for g in groups)  # fmt: skip
+                return f"{name}={option} is not one of: {', '.join(options)} ({where})"
     return None
+
+
+def search_path(args: list[str], overrides) -> list[Path] | None:
+    """conf/ and the folders the command line adds to Hydra's search path; None when it adds
+    something else."""
+    roots = [CONF]
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag in ("--config-path", "-cp", "--config-name", "-cn"):
+            return None  # another primary config
+        if flag in ("--config-dir", "-cd"):
+            value = value or (args[i + 1] if i + 1 < len(args) else "")
+            roots.append(Path(value))
+    for override in overrides:
+        if override.key_or_group == "hydra.searchpath" and not override.is_delete():
+            for entry in override.value() or []:
+                if not str(entry).startswith("file://"):
+                    return None
+                roots.append(Path(str(entry).removeprefix("file://")))
+    return roots
 
 
 def missing_extra(args: list[str]) -> str | None:
@@ -90,6 +123,10 @@ def missing_extra(args: list[str]) -> str | None:
 def composition_error(err: Exception, args: list[str]) -> str:
     """One line for a command line Hydra cannot compose: the key and what it takes."""
     cause = err.__cause__ or err
+    if isinstance(cause, MissingConfigException) and cause.options and cause.missing_cfg_file:
+        # An option no folder of Hydra's search path has (one unknown_option could not see).
+        group, _, option = cause.missing_cfg_file.rpartition("/")
+        return f"{group}={option} is not one of: {', '.join(sorted(cause.options))}"
     key = getattr(cause, "full_key", None)
     said = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
     # `experiment=nand`, the habit of templates whose defaults list has an experiment slot: here

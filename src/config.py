@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.errors import ConfigError, InputError
@@ -455,6 +456,15 @@ def job_dirname(overrides) -> str:
     return name
 
 
+def run_dir() -> str:
+    """This run's directory (Hydra's runtime.output_dir). Before a run has one, as when
+    `--cfg job --resolve` prints the config, Hydra has not set it: then the interpolation that
+    names it, left as written, so that a path built on it never reads `None/checkpoints`."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir") if hydra_cfg else None
+    return output_dir or "${hydra:runtime.output_dir}"
+
+
 def register() -> None:
     """Make the schemas and the resolvers available to the configs under conf/."""
     # A short random id in every output directory name: runs started in the same second never
@@ -463,6 +473,7 @@ def register() -> None:
         "uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True
     )
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
     store = ConfigStore.instance()
     # Under schema/ rather than in the groups themselves, so that Hydra's list of a group's
     # options (shown for a typo like optimizer=sgdd) holds only the real choices.

@@ -45,6 +45,10 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         columns from every run's settings, where the first experiment summary found would decide
         them for all runs in the folder. The metric columns are the run's scalar tags.
         """
+        # TensorBoard knows one number type and prints it with decimals (64.000): a count reads
+        # right as text.
+        settings = {key: str(value) if isinstance(value, int) and not isinstance(value, bool)
+                    else value for key, value in settings.items()}  # fmt: skip
         # An event file of its own beside the run's, whose writer Lightning has closed by now.
         writer = FileWriter(self.log_dir)
         writer.add_summary(summary_v2.hparams_pb(settings, start_time_secs=time.time()))
@@ -56,8 +60,8 @@ def chosen_settings(cfg: DictConfig) -> dict[str, bool | int | float | str]:
     network, data, optimizer and schedule (each named by its class) with their values."""
     settings: dict[str, bool | int | float | str] = {
         "experiment": cfg.name,
-        "seed": str(cfg.seed),
-        "trainer.max_epochs": str(cfg.trainer.max_epochs),
+        "seed": cfg.seed,
+        "trainer.max_epochs": cfg.trainer.max_epochs,
     }
     for group in CHOSEN:
         node = OmegaConf.select(cfg, group)
@@ -77,10 +81,6 @@ def flatten(tree: dict, name: str) -> dict[str, bool | int | float | str]:
             continue
         if key == "_target_":
             flat[name] = value.rsplit(".", 1)[-1]
-        elif isinstance(value, int) and not isinstance(value, bool):
-            # TensorBoard knows one number type and prints it with decimals (64.000): a count
-            # reads right as text.
-            flat[f"{name}.{key}"] = str(value)
         elif isinstance(value, dict):
             flat |= flatten(value, name if key == "schedule" else f"{name}.{key}")
         else:

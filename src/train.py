@@ -5,9 +5,11 @@ trainer from it, fit, test the last checkpoint, then write `metrics.json` and th
 next to TensorBoard's curves.
 """
 
+import contextlib
 import gc
 import logging
 import math
+import shutil
 import sys
 import threading
 import time
@@ -86,8 +88,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) ->
             log.error("%s", no_room_message(full, run_dir))
             sys.exit(2)
         if isinstance(reason, InputError) and not in_sweep:
-            # Bad input, not a failed run: say what to fix, leave no metrics.json behind.
+            # Bad input, not a failed run: say what to fix, and leave no run behind.
             log.error("%s", reason)
+            remove_refused(run_dir)
             sys.exit(2)
         record = {"status": "failed", "error": f"{type(reason).__name__}: {reason}",
                   "seed": cfg.seed, "overrides": overrides}  # fmt: skip
@@ -98,6 +101,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) ->
     if not in_sweep and record["status"] != "completed":
         sys.exit(EXIT_STATUS[record["status"]])
     return objective(record, cfg)
+
+
+def remove_refused(run_dir: Path) -> None:
+    """Remove the directory of a run refused before it began, if it holds only what Hydra wrote
+    before the refusal (.hydra/, train.log): nothing in outputs/ looks like a run that was."""
+    if {path.name for path in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir)
+        with contextlib.suppress(OSError):  # the day's folder, if this was its only run
+            run_dir.parent.rmdir()
 
 
 def no_room_message(err: OSError, run_dir: Path) -> str:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -69,6 +70,11 @@ def test_csv_holds_every_epoch_and_step(csv_run):
     assert metrics["test/acc"] == pytest.approx(curves["test/acc"][0][2])
     # No TensorBoard logger: the picture callbacks and the HPARAMS writer leave no event file.
     assert not list(csv_run.glob("events.out.tfevents.*"))
+    # The settings, counts as numbers (only TensorBoard's HPARAMS needs them as text).
+    (hparams,) = csv_run.glob("csv/version_*/hparams.yaml")
+    settings = yaml.safe_load(hparams.read_text())
+    assert settings["seed"] == 42 and settings["data.batch_size"] == 64
+    assert settings["optimizer.lr"] == 0.01 and settings["experiment"] == "mnist_sgd"
 
 
 @pytest.mark.slow
@@ -118,6 +124,7 @@ def test_mlflow_records_the_run_in_its_store(tmp_path, monkeypatch):
     # The settings a person compares, as TensorBoard's HPARAMS shows them.
     assert run.data.params["experiment"] == "nand"
     assert float(run.data.params["optimizer.lr"]) == config.optimizer.lr
+    assert run.data.params["seed"] == "42"  # MLflow keeps every param as text, unquoted
     assert not list(run_dir.glob("events.out.tfevents.*"))
 
 
