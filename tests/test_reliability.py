@@ -672,10 +672,8 @@ RESUME = ("+experiment=nand", "data.steps_per_epoch=5", "trainer.max_steps=10")
 @pytest.mark.parametrize(("module", "case", "said"), [
     ("src.eval", "environment", "calls the resolver oc.env"),
     ("src.predict", "torch's Module", "model.net cannot be built"),
-    ("src.train", "environment", "model.net.hidden_dim (${oc.env:RUN_FOLDER_SECRET} → 3)"),
     ("src.train", "lr from the environment", "optimizer.lr='${oc.env:RUN_FOLDER_SECRET}' is not"),
     ("src.train", "not a mapping", "its top is a list, not a mapping of settings"),
-    ("src.train", "a tensor for a value", "model.net.hidden_dim holds a Tensor"),
 ])  # fmt: skip
 def test_the_commands_refuse_such_a_folder_in_one_line_with_status_2(
     module, case, said, gate_run, tmp_path
