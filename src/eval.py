@@ -35,6 +35,9 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise InputError("ckpt_path is missing: python -m src.eval ckpt_path=<a checkpoint>")
     from src.checkpoints import load_run
+    from src.console import quiet_console
+
+    quiet_console()
 
     ckpt = Path(cfg.ckpt_path)
     module, datamodule, _ = load_run(ckpt, allow=cfg.allow, data_dir=cfg.data_dir)

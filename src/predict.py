@@ -162,6 +162,9 @@ def ranked(
     """The two likeliest digits for each 28×28 image, and their softmax probabilities. `allow`:
     modules besides src and torch whose classes the checkpoint's run config may build."""
     from src.checkpoints import load_run
+    from src.console import quiet_console
+
+    quiet_console()
 
     model, _, checkpoint = load_run(ckpt_path, allow)
 

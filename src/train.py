@@ -13,7 +13,6 @@ import shutil
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import sigterm
 from src.command_line import run_command_line
 from src.config import register, validate
+from src.console import quiet_console
 from src.errors import ConfigError, InputError
 from src.records import no_room, read_json, unwritten_file, write_json
 from src.resume import resume_changes, sole_writer
@@ -280,21 +280,6 @@ def build(cfg: DictConfig):
             raise ConfigError(f"trainer: {str(err.__cause__).strip().splitlines()[0]}") from None
         raise
     return datamodule, model, trainer
-
-
-def quiet_console() -> None:
-    """Leave out of the console what tells a user nothing about their run; each was checked not
-    to apply here."""
-    # `import lightning` adds a console handler of its own; Hydra's handlers already print its
-    # messages and copy them into train.log, so drop it rather than print every line twice.
-    logging.getLogger("lightning").handlers.clear()
-    # An advertisement for a cloud logger at every start; the loggers a run uses are in logger/.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-    )
-    # Lightning's own code (utilities/_pytree.py) asks torch about a tree spec in a way torch
-    # deprecates; no setting of a run reaches it, and Lightning's next release changes it.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def quiet_when_no_room(hook):

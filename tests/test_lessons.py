@@ -39,8 +39,9 @@ def test_lesson_1_lr_find_saves_its_plot_and_changes_nothing(tiny_mnist, tmp_pat
     runs = {}
     for find in ("false", "true"):
         run_dir = tmp_path / find
-        run_train("+experiment=mnist_sgd", *tiny(tiny_mnist), f"lr_find={find}",
-                  f"hydra.run.dir={run_dir}")  # fmt: skip
+        proc = run_train("+experiment=mnist_sgd", *tiny(tiny_mnist), f"lr_find={find}",
+                         f"hydra.run.dir={run_dir}")  # fmt: skip
+        assert "`weights_only` was not set" not in proc.stdout  # the finder's own checkpoint
         runs[find] = read_metrics(run_dir)
     found = runs["true"]["lr_find"]
     assert found["plot"] == "lr_find.png" and (tmp_path / "true" / "lr_find.png").stat().st_size

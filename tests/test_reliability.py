@@ -442,7 +442,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tiny_mnist, tmp_path):
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output
-    ckpt = run_dir / "checkpoints" / "best-epoch00.ckpt"
+    ckpt = run_dir / "checkpoints" / "best-epoch01.ckpt"
     assert f"no room to write {ckpt} (File too large): free some space, then run it again" in output
     assert not (run_dir / "metrics.json").exists()
     assert not [p for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size == 0]

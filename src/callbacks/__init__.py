@@ -1,5 +1,6 @@
 """Lightning callbacks that report what a run learned."""
 
+from src.callbacks.best import BestCheckpoint
 from src.callbacks.config import ConfigInCheckpoints
 from src.callbacks.epoch_table import EpochTable
 from src.callbacks.pictures import DigitPictures, GatePictures
@@ -9,6 +10,7 @@ from src.callbacks.stop import CheckpointOnStop
 from src.callbacks.truth_table import TruthTable
 
 __all__ = [
+    "BestCheckpoint",
     "CheckpointOnStop",
     "ConfigInCheckpoints",
     "DigitPictures",

@@ -16,4 +16,4 @@ class CheckpointOnStop(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
         stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         if stopped and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume
