@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from src.events import epoch_curve, load_events
 from src.records import read_json, read_overrides, write_png, write_text
-from src.sweep import job_dirs, read_jobs, write_summary
+from src.sweep import job_colors, job_dirs, ranked_jobs, write_summary
 
 CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc")}
 
@@ -29,6 +30,7 @@ def run_report(run_dir: Path) -> Path:
             if values:
                 ax.plot(epochs, values, marker="o", label=tag)
         ax.set(xlabel="epoch", title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
@@ -40,7 +42,7 @@ def run_report(run_dir: Path) -> Path:
     if overrides is not None:
         lines += ["```", "python -m src.train " + " ".join(overrides), "```", ""]
     lines += ["| metric | value |", "| --- | --- |"]
-    lines += [f"| {key} | {value} |" for key, value in metrics.items()]
+    lines += [f"| {key} | {cell(value)} |" for key, value in metrics.items()]
     lines += ["", "![loss and accuracy per epoch](curves.png)", ""]
     for tag in sorted(events.Tags()["images"]):
         images = events.Images(tag)
@@ -59,11 +61,13 @@ def sweep_report(sweep_dir: Path) -> Path:
     table = write_summary(sweep_dir)
     fig = Figure(figsize=(11, 5.5))
     ax = fig.subplots()
-    for job in read_jobs(sweep_dir):
+    jobs, _ = ranked_jobs(sweep_dir)  # in summary.png's order and colours
+    for job, color in zip(jobs, job_colors(jobs), strict=True):
         epochs, values = epoch_curve(load_events(job["dir"]), "train/loss")
         if values:
-            ax.plot(epochs, values, marker="o", label=job["label"])
+            ax.plot(epochs, values, marker="o", color=color, label=job["label"])
     ax.set(xlabel="epoch", ylabel="train/loss", yscale="log", title="training loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -75,6 +79,19 @@ def sweep_report(sweep_dir: Path) -> Path:
     report = sweep_dir / "report.md"
     write_text(report, "\n".join(lines))
     return report
+
+
+def cell(value) -> str:
+    """A record's value as a person reads it: 4 significant digits, settings as `key: value`."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {cell(item)}" for key, item in value.items()) or "-"
+    if isinstance(value, list):
+        return " ".join(f"`{item}`" if isinstance(item, str) else cell(item) for item in value)
+    return str(value)
 
 
 def main(argv: list[str]) -> None:

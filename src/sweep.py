@@ -82,14 +82,28 @@ def rank(jobs: list[dict], metric: str, mode: str) -> list[dict]:
     return sorted(jobs, key=key)
 
 
-def write_summary(sweep_dir: Path, metric: str | None = None, mode: str | None = None) -> str:
-    """Write summary.csv, summary.md and summary.png, ranked by the experiment's `metric`
-    (read from the jobs' records when not given); return the Markdown table."""
+def ranked_jobs(sweep_dir: Path, metric: str | None = None, mode: str | None = None):
+    """(the jobs best first, the metric they are ranked by): the experiment's `metric`, read
+    from the jobs' records when not given."""
     jobs = read_jobs(sweep_dir)
     if metric is None:
         monitor = next((job["monitor"] for job in jobs if "monitor" in job), {})
         metric, mode = monitor.get("metric", "val/acc"), monitor.get("mode", "max")
-    jobs = rank(jobs, metric, mode)
+    return rank(jobs, metric, mode), metric
+
+
+def job_colors(jobs: list[dict]) -> list:
+    """A colour per job, by its place in the ranking: every figure of a sweep draws a job alike."""
+    from matplotlib import colormaps
+
+    colors = colormaps["tab10" if len(jobs) <= 10 else "tab20"].colors
+    return [colors[i % len(colors)] for i in range(len(jobs))]
+
+
+def write_summary(sweep_dir: Path, metric: str | None = None, mode: str | None = None) -> str:
+    """Write summary.csv, summary.md and summary.png, ranked by the experiment's `metric`
+    (read from the jobs' records when not given); return the Markdown table."""
+    jobs, metric = ranked_jobs(sweep_dir, metric, mode)
     columns = (metric, *(c for c in COLUMNS if c != metric))
     header = ["overrides", *columns, "job"]
     rows = [[job["label"], *(job.get(key) for key in columns), job["job"]] for job in jobs]
@@ -116,7 +130,6 @@ def plot_curves(jobs: list[dict], metric: str, path: Path) -> None:
     """Every job's curve of the experiment's metric on one figure (its training counterpart
     dashed in the same colour: the gap between them is overfitting), from its TensorBoard events;
     beside it, when the jobs differ in one number only, the final metric against that number."""
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -132,9 +145,7 @@ def plot_curves(jobs: list[dict], metric: str, path: Path) -> None:
     axes = list(fig.subplots(1, 2, width_ratios=(3, 2))) if all(panels) else [fig.subplots()]
     if per_epoch:
         ax = axes.pop(0)
-        colors = colormaps["tab10" if len(jobs) <= 10 else "tab20"].colors
-        for i, (job, curve) in enumerate(zip(jobs, curves, strict=True)):
-            color = colors[i % len(colors)]
+        for job, curve, color in zip(jobs, curves, job_colors(jobs), strict=True):
             if curve[metric][1]:
                 ax.plot(*curve[metric], marker="o", color=color, label=job["label"])
             if train:

@@ -177,6 +177,14 @@ def test_report_for_a_run(digit_run):
     assert f"wrote {report}" in proc.stdout
     text = report.read_text()
     assert "| test/acc |" in text and "python -m src.train +experiment=mnist_sgd" in text
+    # Values as a person reads them: 4 significant digits, no Python reprs.
+    values = dict(re.findall(r"^\| (\S+) \| (.*) \|$", text, flags=re.M))
+    assert values["test/acc"] == f"{read_metrics(digit_run)['test/acc']:.4g}"
+    assert values["monitor"] == "metric: val/acc, mode: max"
+    assert not any(c in value for value in values.values() for c in "{}[]'")
+    assert all(
+        len(re.sub(r"\D", "", v)) <= 6 for v in values.values() if re.fullmatch(r"[\d.e+-]+", v)
+    )
     pictures = re.findall(r"\]\(([^)]+\.png)\)", text)
     assert "curves.png" in pictures
     assert any(p.startswith("pictures_first_layer_weights") for p in pictures)
