@@ -249,7 +249,7 @@ def build(cfg: DictConfig):
     callbacks and loggers) that the config describes."""
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
     from src.modules import NetworkMismatch
 
@@ -263,9 +263,12 @@ def build(cfg: DictConfig):
             raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
         raise
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    # No bar and no summary when the flags say so: Lightning refuses such a bar among the
+    # callbacks, and would run such a summary.
     if cfg.trainer.enable_progress_bar is False:
-        # No bar, as the flag says: Lightning refuses one among the callbacks then.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.enable_model_summary is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     try:
         loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
     except InstantiationException as err:

@@ -64,7 +64,10 @@ def test_mnist_run_records_metrics_and_files(mnist_run):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))) == 1
     assert (run_dir / ".hydra" / "config.yaml").is_file()
-    assert "results:" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "results:" in log
+    # The model summary the console shows is in the log too, once in each.
+    assert log.count("101 K     Trainable params") == proc.stdout.count("Trainable params") == 1
     # The primer-style table and the run directory are the last things printed.
     assert f"run directory: {run_dir}" in proc.stdout
     assert "epoch       loss  train acc   val loss    val acc" in proc.stdout
