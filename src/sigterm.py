@@ -10,6 +10,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 EXIT_STATUS = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM ended
@@ -45,17 +47,31 @@ def received() -> bool:
 
 
 def stop_workers() -> None:
-    """Send SIGTERM to this process's worker processes that listen for it."""
-    for child in multiprocessing.active_children():
-        # A worker that has not run a job yet would die of the signal, and joblib would take that
-        # for a crash of the whole sweep; it has nothing to stop, so it is left alone.
-        if listens(child.pid):
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.kill(child.pid, signal.SIGTERM)
+    """Send SIGTERM to this process's worker processes, each as soon as it listens for it.
+
+    A worker that does not listen yet would die of the signal, and joblib would take that for a
+    crash of the whole sweep. So the workers that listen get it now; the others (still starting,
+    or idle) are watched from a thread and get it the moment they start listening, which a job
+    does first of all: no job trains through a sweep's stop.
+    """
+    workers = multiprocessing.active_children()
+    if workers:
+        threading.Thread(target=send_when_listening, args=(workers,), daemon=True).start()
+
+
+def send_when_listening(workers: list) -> None:
+    waiting = [worker.pid for worker in workers]
+    while waiting:
+        for pid in [pid for pid in waiting if listens(pid)]:
+            with contextlib.suppress(ProcessLookupError):  # it has ended
+                os.kill(pid, signal.SIGTERM)
+            waiting.remove(pid)
+        time.sleep(0.05)
 
 
 def listens(pid: int) -> bool:
-    """Whether process `pid` handles SIGTERM (Linux says so in /proc; elsewhere, assume so)."""
+    """Whether process `pid` handles SIGTERM (Linux says so in /proc; elsewhere, or once it has
+    ended, assume so)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:

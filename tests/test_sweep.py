@@ -256,8 +256,13 @@ def test_a_sweep_sent_sigterm_stops_and_the_same_command_continues_it(launcher, 
     stopped = [tmp_path / "sweep" / row["job"] for row in rows if row["status"] == "interrupted"]
     for job in stopped:
         record = read_metrics(job)
-        assert record["error"].startswith("stopped by SIGTERM") and 0 < record["steps"] < 200
-        assert (job / "checkpoints" / "last.ckpt").is_file()
+        # A worker still setting its job up when the signal came stops it before training.
+        assert record["error"] == "stopped by SIGTERM before training" or (
+            record["error"].startswith("stopped by SIGTERM at step") and 0 < record["steps"] < 200
+        ), record["error"]
+        assert (job / "checkpoints" / "last.ckpt").is_file() == (record["steps"] > 0)
+    saved = [job for job in stopped if (job / "checkpoints" / "last.ckpt").is_file()]
+    assert saved  # the job that sent the signal, at least
     for row in rows:
         if row["status"] == "unfinished":  # not started: Hydra made its folder, nothing more
             job = tmp_path / "sweep" / row["job"]
@@ -273,7 +278,7 @@ def test_a_sweep_sent_sigterm_stops_and_the_same_command_continues_it(launcher, 
     for job in (tmp_path / "sweep" / row["job"] for row in rows):
         record = read_metrics(job)
         assert record["steps"] == 200
-        assert ("resumed_from" in record) == (job in stopped)
+        assert ("resumed_from" in record) == (job in saved)
 
 
 def test_two_sweeps_into_one_folder_train_each_job_once(tmp_path):
