@@ -14,7 +14,8 @@ def run_command_line(main: Callable[[], object]) -> None:
     """Call a `@hydra.main` function on this process's command line, refusing first what the
     checks below find, then what Hydra cannot compose (optimizer.lr=abc), each in one line."""
     args = sys.argv[1:]
-    refusal = unreadable_value(args) or unknown_option(args) or missing_extra(args)
+    overrides, refusal = parse(args)
+    refusal = refusal or unknown_option(args, overrides) or missing_extra(args)
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         sys.exit(2)
@@ -28,29 +29,32 @@ def run_command_line(main: Callable[[], object]) -> None:
         sys.exit(2)
 
 
-def unreadable_value(args: list[str]) -> str | None:
-    """The first override whose value Hydra's parser cannot turn into a value at all (an integer
-    of 5,000 digits, past Python's limit for converting one), named with its key."""
+def parse(args: list[str]) -> tuple[list, str | None]:
+    """The command line's overrides as Hydra's parser reads them, each parsed once; and a
+    refusal for the first whose value it cannot turn into a value at all (an integer of 5,000
+    digits, past Python's limit for converting one), named with its key. A malformed one is
+    left out: Hydra's own message says where."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
+    overrides = []
     for arg in args:
         if "=" not in arg or arg.startswith("-"):
             continue
         try:
-            parser.parse_overrides([arg])
+            overrides += parser.parse_overrides([arg])
         except OverrideParseException:
-            continue  # malformed: Hydra's own message says where
+            continue
         except ValueError as err:
             said = str(err).split(";")[0]  # not its advice to the programmer
-            return f"{arg.partition('=')[0].lstrip('+~')}: {said}"
-    return None
+            return overrides, f"{arg.partition('=')[0].lstrip('+~')}: {said}"
+    return overrides, None
 
 
 CONF = Path(__file__).parents[1] / "conf"
 
 
-def unknown_option(args: list[str]) -> str | None:
+def unknown_option(args: list[str], overrides: list) -> str | None:
     """The first `group=option` on the command line (a sweep's options included) that names no
     config file of that group on the search path, said in one line with the valid options; None
     if all do. The search path is conf/ and the folders the command line adds as Hydra takes
@@ -60,14 +64,6 @@ def unknown_option(args: list[str]) -> str | None:
     Hydra finds it too, but only after composing, in a dozen lines; and in a sweep only when it
     reaches that job.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        overrides = OverridesParser.create().parse_overrides(
-            [arg for arg in args if "=" in arg and not arg.startswith("-")]
-        )
-    except Exception:  # a malformed override: Hydra's own message, or unreadable_value's
-        return None
     roots = search_path(args, overrides)
     if roots is None:
         return None

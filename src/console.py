@@ -16,8 +16,10 @@ def quiet_console() -> None:
     # An advertisement for a cloud logger at every start; the loggers a run uses are in logger/.
     # And a note that the run's own ModelSummary (conf/callbacks/) replaces Lightning's default.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-        and "Skipping setting a default `ModelSummary`" not in record.getMessage()
+        lambda record: (
+            "litlogger" not in record.getMessage()
+            and "Skipping setting a default `ModelSummary`" not in record.getMessage()
+        )
     )
     # Lightning's own code (utilities/_pytree.py) asks torch about a tree spec in a way torch
     # deprecates; no setting of a run reaches it, and Lightning's next release changes it.
