@@ -11,20 +11,19 @@ own default, so that `+trainer.gradient_clip_val=1` or `optimizer.nesterov=true`
 
 import dataclasses
 import difflib
-import hashlib
 import math
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.errors import ConfigError, InputError
+from src.job_names import job_dirname
 
 # The names a config may use; src/models/activations.py, src/data/*.py map them (a test checks).
 ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "leaky_relu")
@@ -435,25 +434,6 @@ SCHEMAS = {
     "trainer": {"trainer": TrainerSchema},
     "callbacks": {"digit_pictures": DigitPicturesSchema, "gate_pictures": GatePicturesSchema},
 }
-
-
-def job_dirname(overrides) -> str:
-    """A sweep job's directory name: its settings (its command-line overrides, sorted), so a sweep
-    run again finds each job by what it computes, whatever order the values come in.
-
-    Characters a file name cannot hold are %-escaped; a long value (a path, say) is cut and ends
-    with a hash of the whole, so the settings that differ between jobs stay readable."""
-    parts = []
-    for item in sorted(str(o) for o in overrides):
-        key, _, value = item.partition("=")
-        value = quote(value, safe="=,+-._[]{}:@")
-        if len(value) > 32:
-            value = f"{value[:16]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
-        parts.append(f"{quote(key, safe='+-._~')}={value}")
-    name = ",".join(parts) or "defaults"
-    if len(name) > 200:  # most file systems allow 255 bytes
-        name = f"{name[:180]}~{hashlib.sha1(name.encode()).hexdigest()[:12]}"
-    return name
 
 
 def run_dir() -> str:

@@ -1,7 +1,8 @@
 """TensorBoard as this project's runs read best: train and val of a quantity on one chart, the
-settings a person compares in HPARAMS, and no section of its own for Lightning's epoch counter."""
+settings a person compares in HPARAMS, and no chart of Lightning's epoch counter."""
 
 import time
+from pathlib import Path
 
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +27,8 @@ PLUMBING = {
 
 class TensorBoardLogger(LightningTensorBoardLogger):
     """Lightning's TensorBoardLogger, plus a CUSTOM SCALARS layout written with the run's first
-    values, Lightning's `epoch` value kept under `train/epoch`, and `log_settings` for HPARAMS."""
+    values, and `log_settings` for HPARAMS; Lightning's `epoch` value is left out (a staircase of
+    the step axis; the epoch table and metrics.json count epochs)."""
 
     layout_written = False
 
@@ -34,25 +36,76 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         if not self.layout_written:
             self.experiment.add_custom_scalars(LAYOUT)
             self.layout_written = True
-        if "epoch" in metrics:  # Lightning adds it to every epoch-level value it logs
-            metrics = {("train/epoch" if k == "epoch" else k): v for k, v in metrics.items()}
-        super().log_metrics(metrics, step)
+        # Lightning adds `epoch` to every epoch-level value it logs.
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
     def log_settings(self, settings: dict) -> None:
         """The run's chosen settings in the HPARAMS tab, beside its final metrics.
 
-        Only the run's own session is written, no experiment summary: TensorBoard then takes the
-        columns from every run's settings, where the first experiment summary found would decide
-        them for all runs in the folder. The metric columns are the run's scalar tags.
+        The row is named as TensorBoard names the run (`trial_id`, else a hash). Only the run's
+        own session is written: a sweep's columns come from `write_sweep_columns` when it ends,
+        a single run's from every run's settings.
         """
-        # TensorBoard knows one number type and prints it with decimals (64.000): a count reads
-        # right as text.
-        settings = {key: str(value) if isinstance(value, int) and not isinstance(value, bool)
-                    else value for key, value in settings.items()}  # fmt: skip
+        values = as_tensorboard_values(settings)
+        name, now = run_name(self.log_dir), time.time()
+        row = summary_v2.hparams_pb(values, trial_id=name, start_time_secs=now)
         # An event file of its own beside the run's, whose writer Lightning has closed by now.
         writer = FileWriter(self.log_dir)
-        writer.add_summary(summary_v2.hparams_pb(settings, start_time_secs=time.time()))
+        writer.add_summary(row)
         writer.close()
+
+
+def as_tensorboard_values(settings: dict) -> dict:
+    """TensorBoard knows one number type and prints it with decimals (64.000): a count reads
+    right as text."""
+    return {key: str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            for key, value in settings.items()}  # fmt: skip
+
+
+def run_name(run_dir) -> str:
+    """A row's name in HPARAMS: the run's folder (what TensorBoard's run list shows of a sweep's
+    job), then where it lies, below outputs/ or as a whole path; unique, so that no two runs are
+    averaged into one row."""
+    parent, outputs = Path(run_dir).resolve().parent, Path("outputs").resolve()
+    where = parent.relative_to(outputs) if parent.is_relative_to(outputs) else parent
+    return f"{Path(run_dir).name} in {where}"
+
+
+# HPARAMS's table shows the first five settings it lists and every metric, in this order.
+FINAL = ("val/loss", "val/acc", "test/acc", "test/loss", "train/loss", "train/acc", "test/ece")
+COLUMNS = ".sweep-columns"  # the end of its event file's name
+
+
+def write_sweep_columns(sweep_dir: Path, jobs: list[dict], metric: str) -> None:
+    """HPARAMS's columns for a sweep (an experiment summary in the sweep's folder): the settings
+    that tell its jobs apart, then the experiment's `metric`, then the other final metrics.
+
+    TensorBoard takes the first experiment summary it finds for every run it shows: open it on
+    the sweep's folder to compare the sweep's jobs."""
+    settings = [as_tensorboard_values(job["settings"]) for job in jobs if job.get("settings")]
+    if not settings:
+        return
+    keys = sorted(set().union(*settings), key=lambda k: (not all(k in s for s in settings), k))
+    differ = [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1] or keys
+    columns = []
+    for key in differ:
+        values = {s[key] for s in settings if key in s}
+        if all(isinstance(v, float) for v in values):
+            domain = summary_v2.RealInterval(min(values), max(values))
+        elif len({type(v) for v in values}) == 1:  # text, or true/false
+            domain = summary_v2.Discrete(values)
+        else:
+            domain = None
+        columns.append(summary_v2.HParam(key, domain))
+    metrics = [m for m in (metric, *FINAL) if any(m in job for job in jobs)]
+    summary = summary_v2.hparams_config_pb(
+        hparams=columns, metrics=[summary_v2.Metric(m) for m in dict.fromkeys(metrics)]
+    )
+    for old in sweep_dir.glob(f"events.out.tfevents.*{COLUMNS}"):  # from the sweep's earlier end
+        old.unlink()
+    writer = FileWriter(str(sweep_dir), filename_suffix=COLUMNS)
+    writer.add_summary(summary)
+    writer.close()
 
 
 def chosen_settings(cfg: DictConfig) -> dict[str, bool | int | float | str]:

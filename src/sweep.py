@@ -1,4 +1,5 @@
-"""The comparison at the end of a sweep: summary.csv, summary.md and summary.png in its directory.
+"""The comparison at the end of a sweep: summary.csv, summary.md and summary.png in its directory,
+and the columns of TensorBoard's HPARAMS for it.
 
 Hydra calls `SweepSummary` when a multirun ends (see conf/hydra/default.yaml). The summary is
 rebuilt from what every job left on disk, so a sweep run again into the same directory gets one
@@ -123,6 +124,9 @@ def write_summary(sweep_dir: Path, metric: str | None = None, mode: str | None =
     table = "\n".join(lines)
     write_text(sweep_dir / "summary.md", table + "\n")
     plot_curves(jobs, metric, sweep_dir / "summary.png")
+    from src.loggers import write_sweep_columns  # Lightning's logger: imported only now
+
+    write_sweep_columns(sweep_dir, jobs, metric)
     return table
 
 

@@ -232,7 +232,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     record |= {"monitor": OmegaConf.to_container(cfg.monitor), "overrides": overrides}
     if not trainer.is_global_zero:
         return record  # under DDP, rank 0 alone writes the run's files
-    log_settings(trainer, cfg)
+    record["settings"] = log_settings(trainer, cfg)
     write_json(run_dir / "metrics.json", record)
 
     if table is not None:
@@ -325,9 +325,9 @@ def read_metrics(source: dict, prefix: str = "") -> dict[str, float | None]:
     return {key: value if math.isfinite(value) else None for key, value in values.items()}
 
 
-def log_settings(trainer, cfg: DictConfig) -> None:
-    """The run's chosen settings for every logger: TensorBoard's HPARAMS tab (src/loggers.py),
-    MLflow's params, the CSV logger's hparams.yaml."""
+def log_settings(trainer, cfg: DictConfig) -> dict:
+    """The run's chosen settings for every logger (TensorBoard's HPARAMS tab, src/loggers.py;
+    MLflow's params; the CSV logger's hparams.yaml); returned for the run's record."""
     from src.loggers import TensorBoardLogger, chosen_settings
 
     settings = chosen_settings(cfg)
@@ -337,6 +337,7 @@ def log_settings(trainer, cfg: DictConfig) -> None:
         else:
             logger.log_hyperparams(settings)
             logger.save()
+    return settings
 
 
 if __name__ == "__main__":

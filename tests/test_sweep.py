@@ -8,9 +8,10 @@ import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import REPO, read_metrics
-from tests.test_train import read_hparams
+from tests.test_train import load_events, read_hparams
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -52,16 +53,18 @@ def sweep(tiny_mnist, tmp_path_factory):
     return sweep_dir, proc
 
 
-def test_every_job_has_a_directory_named_by_its_settings(sweep, tiny_mnist):
+def test_every_job_has_a_directory_named_by_what_tells_it_apart(sweep, tiny_mnist):
     sweep_dir, _ = sweep
     names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert len(names) == 4
-    for name, (opt, lr) in zip(names, [("adam", "0.001"), ("sgd", "0.001"), ("adam", "0.01"),
-                                       ("sgd", "0.01")], strict=True):  # fmt: skip
-        # Sorted settings; a long value (the data path) cut short with a hash of it.
-        assert name.startswith("+experiment=mnist_sgd,data.data_dir=%2Ftmp%2F")
-        assert f",data.val_size=100,optimizer.lr={lr},optimizer={opt}," in name
-        assert name.endswith(",trainer.log_every_n_steps=1,trainer.max_epochs=1")
+    # The swept settings alone: the experiment, data and epochs every job shares are in its
+    # record, so TensorBoard's run list shows the difference first.
+    assert names == [
+        "optimizer.lr=0.001,optimizer=adam", "optimizer.lr=0.001,optimizer=sgd",
+        "optimizer.lr=0.01,optimizer=adam", "optimizer.lr=0.01,optimizer=sgd",
+    ]  # fmt: skip
+    for name in names:
+        overrides = read_metrics(sweep_dir / name)["overrides"]
+        assert f"data.data_dir={tiny_mnist}" in overrides and "+experiment=mnist_sgd" in overrides
     seen = set()
     for name in names:
         metrics = read_metrics(sweep_dir / name)
@@ -77,6 +80,43 @@ def test_every_job_has_a_directory_named_by_its_settings(sweep, tiny_mnist):
     assert seen == {
         ("SGD", 0.01), ("SGD", 0.001), ("Adam", 0.01), ("Adam", 0.001),
     }  # fmt: skip
+
+
+def test_hparams_opens_on_what_tells_the_jobs_apart_then_the_experiments_metric(sweep):
+    sweep_dir, _ = sweep
+    (columns,) = sweep_dir.glob("events.out.tfevents.*.sweep-columns")  # one, rewritten each end
+    events = EventAccumulator(str(sweep_dir))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    names = [info.name for info in experiment.hparam_infos]
+    # The settings every job has first; then those of one optimizer only (momentum, betas, ...).
+    assert names[:2] == ["optimizer", "optimizer.lr"]
+    assert "optimizer.betas" in names and "optimizer.momentum" in names
+    assert not {"experiment", "seed", "data.batch_size", "model.net"} & set(names)  # shared
+    assert [info.name.tag for info in experiment.metric_infos] == [
+        "val/acc", "val/loss", "test/acc", "test/loss", "train/loss", "train/acc", "test/ece",
+    ]  # fmt: skip
+    for job in (p for p in sweep_dir.iterdir() if p.is_dir()):
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            load_events(job).PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        ).session_start_info
+        assert start.group_name == f"{job.name} in {sweep_dir.resolve()}"  # the row's name
+
+
+def test_a_sweep_of_other_shared_settings_is_refused_its_folder(sweep, tiny_mnist):
+    sweep_dir, _ = sweep
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in sweep_dir.rglob("*"))
+    cmd = [sys.executable, "-m", "src.train", "-m", "+experiment=mnist_sgd",
+           f"data.data_dir={tiny_mnist}", "data.val_size=100", "trainer.max_epochs=2",
+           "trainer.log_every_n_steps=1", *GRID, f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: hydra.sweep.dir={sweep_dir} holds a sweep of other settings")
+    assert "trainer.max_epochs=1" in line and "trainer.max_epochs=2" in line
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in sweep_dir.rglob("*")) == before
 
 
 def test_summary_lists_every_job_best_first_by_the_experiments_metric(sweep):
