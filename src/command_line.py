@@ -14,11 +14,12 @@ def run_command_line(main: Callable[[], object]) -> None:
     """Call a `@hydra.main` function on this process's command line, refusing first what the
     checks below find, then what Hydra cannot compose (optimizer.lr=abc), each in one line."""
     args = sys.argv[1:]
-    overrides, refusal = parse(args)
-    refusal = refusal or unknown_option(args, overrides) or missing_extra(args)
-    if refusal:
-        print(f"error: {refusal}", file=sys.stderr)
-        sys.exit(2)
+    if not shell_completion(args):
+        overrides, refusal = parse(args)
+        refusal = refusal or unknown_option(args, overrides) or missing_extra(args)
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            sys.exit(2)
     # Hydra reports a command line it cannot compose in several lines and exits with 1; let it
     # raise instead.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -27,6 +28,27 @@ def run_command_line(main: Callable[[], object]) -> None:
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
         print(f"error: {composition_error(err, args)}", file=sys.stderr)
         sys.exit(2)
+
+
+def console_script(main: Callable[[], object]) -> Callable[[], None]:
+    """The function of a console script (pyproject.toml) that runs `main` as `python -m` runs
+    its module: with the directory it starts in first on sys.path, so that a network of your
+    own in that directory (`model.net._target_=my_net.MyNet`) is found the same way."""
+
+    def script() -> None:
+        sys.path.insert(0, os.getcwd())
+        run_command_line(main)
+
+    return script
+
+
+def shell_completion(args: list[str]) -> bool:
+    """Whether the command line is Hydra's `-sc`/`--shell-completion` (install=bash,
+    uninstall=bash, query=bash): it runs nothing, so it is left to Hydra unchecked, and a Tab
+    waits for nothing more than Hydra itself. Its overrides (`query=bash`) are not the run's."""
+    # argparse takes any unambiguous start of a long flag; `--s` is already only this one.
+    return any(arg == "-sc" or (len(arg) > 2 and "--shell-completion".startswith(arg))
+               for arg in args)  # fmt: skip
 
 
 def parse(args: list[str]) -> tuple[list, str | None]:
@@ -51,6 +73,9 @@ def parse(args: list[str]) -> tuple[list, str | None]:
     return overrides, None
 
 
+# Each entry point's @hydra.main names it absolutely: a relative config_path is taken beside the
+# file under `python -m src.train`, but as a package (`pkg://conf`, which there is none of) when
+# a console script imports the module.
 CONF = Path(__file__).parents[1] / "conf"
 
 

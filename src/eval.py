@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from src.command_line import run_command_line
+from src.command_line import CONF, console_script, run_command_line
 from src.config import register
 from src.errors import InputError
 from src.records import write_json
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 register()
 
 
-@hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path=str(CONF), config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point; exits with status 2 and one message on bad input."""
     try:
@@ -51,6 +51,9 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     record |= {"ckpt_path": str(ckpt), "status": "completed"}
     write_json(out_dir / "metrics.json", record)
     return record
+
+
+cli = console_script(main)  # the console script primer-eval (pyproject.toml)
 
 
 if __name__ == "__main__":

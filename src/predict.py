@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from src.command_line import run_command_line
+from src.command_line import CONF, console_script, run_command_line
 from src.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class BadImage(InputError):
         self.reason = reason
 
 
-@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+@hydra.main(config_path=str(CONF), config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Print `<file> prediction: <digit> (p=<probability>)` per image, or why it is skipped.
 
@@ -196,6 +196,9 @@ def predict(
     images = [read_digit(file) for file in files]
     digits, probabilities = ranked(ckpt_path, images, allow)
     return [(file, d[0], p[0]) for file, d, p in zip(files, digits, probabilities, strict=True)]
+
+
+cli = console_script(main)  # the console script primer-predict (pyproject.toml)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src import sigterm
-from src.command_line import run_command_line
+from src.command_line import CONF, console_script, run_command_line
 from src.config import register, validate
 from src.console import quiet_console
 from src.errors import ConfigError, InputError
@@ -38,7 +38,7 @@ FINISHED = ("completed", "diverged")  # a sweep run again leaves these jobs as t
 EXIT_STATUS = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": sigterm.EXIT_STATUS}
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONF), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: one run per call (a multirun calls it once per job).
 
@@ -338,6 +338,9 @@ def log_settings(trainer, cfg: DictConfig) -> dict:
             logger.log_hyperparams(settings)
             logger.save()
     return settings
+
+
+cli = console_script(main)  # the console script primer-train (pyproject.toml)
 
 
 if __name__ == "__main__":
