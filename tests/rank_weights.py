@@ -1,5 +1,5 @@
 """A test-only callback: every rank saves its final weights, so a test can check that DDP kept the
-ranks in step (each training_step call runs several optimizer steps, each needing its own sync)."""
+ranks in step (every optimizer step averages the ranks' gradients)."""
 
 from pathlib import Path
 

@@ -474,46 +474,6 @@ def test_a_full_disk_under_tensorboard_names_its_event_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_writes_one_run_with_reduced_metrics(tiny_mnist, tmp_path):
-    overrides = ("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "data.val_size=100")
-    weights = (
-        "+callbacks.rank_weights._target_=tests.rank_weights.RankWeights",
-        f"+callbacks.rank_weights.out_dir={tmp_path / 'weights'}",
-    )
-    run_train(*overrides, *weights, "trainer=ddp_cpu", "trainer.max_epochs=2", cwd=tmp_path)
-    rank0, rank1 = (torch.load(tmp_path / "weights" / f"rank{r}.pt") for r in (0, 1))
-    for name, value in rank0.items():  # each rank trained on its own half of the data
-        assert torch.equal(value, rank1[name]), name
-    run_dirs = list((tmp_path / "outputs" / "runs").glob("*/*"))
-    assert len(run_dirs) == 1, run_dirs
-    (run_dir,) = run_dirs
-    assert len(list(tmp_path.rglob("metrics.json"))) == 1
-    metrics = read_metrics(run_dir)
-    # 500 training images shared by two ranks: 250 each, 4 batches of 64 per epoch.
-    assert metrics["status"] == "completed" and metrics["steps"] == 2 * 4
-    assert (run_dir / "train_ddp_process_1.log").is_file()
-    # The test accuracy reduced over both ranks equals one process evaluating all 100 images.
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.eval",
-            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-            f"hydra.run.dir={tmp_path / 'eval'}",
-            "trainer.accelerator=cpu",
-        ],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    evaluated = read_metrics(tmp_path / "eval")
-    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
-    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
-
-
-@pytest.mark.slow
 def test_eval_refuses_a_checkpoint_outside_its_run(tmp_path):
     ckpt = tmp_path / "x.ckpt"
     torch.save({"state_dict": {}}, ckpt)

@@ -242,13 +242,24 @@ def test_ddp_on_three_processes_counts_every_image_once(tiny_mnist, tmp_path):
     """100 validation and 100 test images over 3 ranks. Lightning's own DistributedSampler would
     pad each set to 102 (two images read twice); every image must count once, so that the numbers
     are those of one process reading the whole set. Batches of 11 cut the ranks' shares of 33, 33
-    and 34 images into 3, 3 and 4 batches: the ranks end their loops at different steps."""
-    run_dir = tmp_path / "run"
+    and 34 images into 3, 3 and 4 batches: the ranks end their loops at different steps. The
+    run is one: one directory, one record, the ranks' weights equal at the end."""
     run_train("+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}", "data.val_size=100",
               "data.eval_batch_size=11", "trainer=ddp_cpu", "trainer.devices=3",
-              "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+              "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
+              "+callbacks.rank_weights._target_=tests.rank_weights.RankWeights",
+              f"+callbacks.rank_weights.out_dir={tmp_path / 'weights'}", cwd=tmp_path)  # fmt: skip
+    ranks = [torch.load(tmp_path / "weights" / f"rank{r}.pt") for r in range(3)]
+    for name, value in ranks[0].items():  # each rank trained on its own third of the data
+        assert torch.equal(value, ranks[1][name]) and torch.equal(value, ranks[2][name]), name
+    (record,) = tmp_path.rglob("metrics.json")
+    run_dir = record.parent
+    assert run_dir == tmp_path / "run" and not (tmp_path / "outputs").exists()
+    assert (run_dir / "train_ddp_process_1.log").is_file()
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "completed" and metrics["tested"] == "checkpoints/last.ckpt"
+    # 500 training images shared by three ranks: 167 each (padded), 3 batches of 64.
+    assert metrics["steps"] == 3
     ckpt = run_dir / "checkpoints" / "last.ckpt"
 
     # The tested checkpoint counted by hand over every image once (validation ran on the same
