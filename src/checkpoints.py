@@ -12,7 +12,6 @@ that cannot be built is refused in one line naming the file and the key, before 
 import importlib
 import inspect
 import io
-import logging
 import re
 import types
 import typing
@@ -30,9 +29,9 @@ from src.records import write_text
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, but each checkpoint goes to a temporary file beside it and is
-    renamed into place: a full disk or a crash mid-write leaves the previous one whole (Lightning
-    writes in place), and the error names the file."""
+    """Lightning's checkpoint writer and reader, but each checkpoint goes to a temporary file
+    beside it and is renamed into place: a full disk or a crash mid-write leaves the previous one
+    whole (Lightning writes in place), and the error names the file. Every read is weights-only."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
@@ -41,6 +40,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_text(Path(path), buffer.getvalue())
+
+    def load_checkpoint(self, path, *args, **kwargs) -> dict:
+        """Every checkpoint a Trainer here reads, read weights-only: the run's resumes and tests
+        ask for it, and Lightning's own reads that do not (Tuner.lr_find restoring the model it
+        probed) would otherwise leave it to PyTorch's default, which an environment variable
+        (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) turns off."""
+        return super().load_checkpoint(path, *args, **{**kwargs, "weights_only": True})
 
 
 TRUSTED = ("src.", "torch.nn.", "torch.optim.")
@@ -341,7 +347,6 @@ def load_run(ckpt: Path, allow: list[str] = (), data_dir: str | None = None):
     run_cfg = OmegaConf.create(config)
     model, data = [checked(run_cfg, config, part, source, list(allow)) for part in PARTS]
 
-    logging.getLogger("lightning").handlers.clear()  # see src/train.py
     module = build(model, "model", source)
     check_weights_fit(checkpoint, module, ckpt)
     module.load_state_dict(checkpoint["state_dict"])

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+from src.console import quiet_console
+
 
 def run_command_line(main: Callable[[], object]) -> None:
     """Call a `@hydra.main` function on this process's command line, refusing first what the
     checks below find, then what Hydra cannot compose (optimizer.lr=abc), each in one line."""
+    quiet_console()  # before Hydra loads its plugins, some of which log as they are imported
     args = sys.argv[1:]
     if not shell_completion(args):
         overrides, refusal = parse(args)

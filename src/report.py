@@ -11,6 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from src.console import quiet_console
 from src.events import epoch_curve, load_events
 from src.records import read_json, read_overrides, write_png, write_text
 from src.sweep import job_colors, job_dirs, ranked_jobs, write_summary
@@ -95,6 +96,7 @@ def cell(value) -> str:
 
 
 def main(argv: list[str]) -> None:
+    quiet_console()
     if len(argv) != 2:
         sys.exit("usage: python -m src.report <run dir or sweep dir>")
     path = Path(argv[1])

@@ -218,6 +218,9 @@ def plot_against(ax, jobs: list[dict], metric: str, setting: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from src.console import quiet_console
+
+    quiet_console()
     if len(argv) != 2:
         sys.exit("usage: python -m src.sweep <sweep dir>")
     sweep_dir = Path(argv[1])
