@@ -1,6 +1,6 @@
 """Lightning callbacks that report what a run learned."""
 
-from src.callbacks.best import BestCheckpoint
+from src.callbacks.best import BestCheckpoint, RunCheckpoint
 from src.callbacks.config import ConfigInCheckpoints
 from src.callbacks.epoch_table import EpochTable
 from src.callbacks.pictures import DigitPictures, GatePictures
@@ -18,5 +18,6 @@ __all__ = [
     "EpochTable",
     "GatePictures",
     "ResumedSettings",
+    "RunCheckpoint",
     "TruthTable",
 ]
