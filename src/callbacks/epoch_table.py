@@ -11,6 +11,7 @@ COLUMNS = (
     ("val/loss", "val loss"),
     ("val/acc", "val acc"),
 )
+MAX_ROWS, SHOWN_ROWS = 25, 20  # a table longer than MAX_ROWS epochs shows about SHOWN_ROWS
 
 
 class EpochTable(L.Callback):
@@ -56,19 +57,37 @@ class EpochTable(L.Callback):
         self.earlier_fit_seconds = state_dict.get("fit_seconds", 0.0)
 
     def render(self, test: dict[str, float | None]) -> str:
-        """The table as text, with the test metrics underneath."""
+        """The table as text, with the test metrics underneath; a table of more than MAX_ROWS
+        epochs shows about SHOWN_ROWS of them (the rows stay whole in the checkpoints, the values
+        in the logged curves)."""
         header = ["epoch"] + [title for _, title in COLUMNS] + ["seconds"]
         lines = ["  ".join(f"{h:>9}" for h in header)]
-        for row in self.rows:
+        rows, every = shown_rows(self.rows)
+        for row in rows:
             cells = [f"{row['epoch']:>9}"] + [
                 f"{format_metric(key, row.get(key)):>9}" for key, _ in COLUMNS
             ]
             cells.append(f"{row['seconds']:>9.1f}")
             lines.append("  ".join(cells))
+        if every > 1:
+            lines.append(f"({len(rows)} of {len(self.rows)} epochs: the first, the last and one "
+                         f"in {every}; the logged curves have them all)")  # fmt: skip
         for key in ("test/loss", "test/acc", "test/ece"):
             if key in test:
                 lines.append(f"{key}: {format_metric(key, test[key])}")
         return "\n".join(lines)
+
+
+def shown_rows(rows: list[dict]) -> tuple[list[dict], int]:
+    """The rows a person reads at the end of a run, and one in how many they are: all up to
+    MAX_ROWS; of a longer table (+debug=overfit trains 500 epochs) the first, the last and every
+    epoch whose number is a multiple of the step that leaves about SHOWN_ROWS."""
+    if len(rows) <= MAX_ROWS:
+        return rows, 1
+    every = math.ceil(len(rows) / SHOWN_ROWS)
+    last = len(rows) - 1
+    return [row for i, row in enumerate(rows)
+            if i in (0, last) or row["epoch"] % every == 0], every  # fmt: skip
 
 
 def format_metric(key: str, value: float | None) -> str:
