@@ -4,6 +4,7 @@ settings a person compares in HPARAMS, and no chart of Lightning's epoch counter
 import time
 from pathlib import Path
 
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import summary_v2
@@ -141,3 +142,19 @@ def flatten(tree: dict, name: str) -> dict[str, bool | int | float | str]:
                 value if isinstance(value, (bool, int, float, str)) else str(value)
             )
     return flat
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's CSVLogger, with its `epoch` column counted from 1, as the console, the epoch
+    table and the checkpoint names count epochs.
+
+    Lightning adds its epoch counter to every value it logs: the epochs begun before the value's,
+    from 0, while training; after it, for the test set, the epochs trained, which is the last
+    one's number counted from 1 and stays as it is.
+    """
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        tested = all(key.startswith("test/") for key in metrics if key != "epoch")
+        if "epoch" in metrics and not tested:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}  # a copy: every logger gets them
+        super().log_metrics(metrics, step)

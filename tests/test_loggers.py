@@ -59,7 +59,8 @@ def many_run(tiny_mnist, tmp_path_factory):
 def test_csv_holds_every_epoch_and_step(csv_run):
     curves = read_csv(csv_run)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-        assert [epoch for epoch, _, _ in curves[key]] == list(range(EPOCHS)), key
+        # Counted from 1, as the console counts them (src/loggers.py).
+        assert [epoch for epoch, _, _ in curves[key]] == list(range(1, EPOCHS + 1)), key
         assert all(math.isfinite(value) for _, _, value in curves[key]), key
     assert [step for _, step, _ in curves["train/loss_step"]] == list(range(STEPS * EPOCHS))
     assert len(curves["test/acc"]) == 1
