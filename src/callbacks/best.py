@@ -22,8 +22,7 @@ class RunCheckpoint(ModelCheckpoint):
 class BestCheckpoint(RunCheckpoint):
     """Lightning's ModelCheckpoint, with `{epoch}` in its file name counted from 1: the first
     epoch's file is best-epoch01.ckpt, as the table's first row is epoch 1. The checkpoint's own
-    `epoch` (Lightning's counter, from 0) and the logged `train/epoch` are left as Lightning
-    keeps them."""
+    `epoch` (Lightning's counter, from 0) is left as Lightning keeps it."""
 
     def format_checkpoint_name(self, metrics: dict, filename=None, ver=None, prefix=None) -> str:
         if "epoch" in metrics:
