@@ -9,6 +9,7 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import shutil
 import sys
 import threading
@@ -106,7 +107,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) ->
 def remove_refused(run_dir: Path) -> None:
     """Remove the directory of a run refused before it began, if it holds only what Hydra wrote
     before the refusal (.hydra/, train.log): nothing in outputs/ looks like a run that was."""
-    if {path.name for path in run_dir.iterdir()} <= {".hydra", "train.log"}:
+    # The other ranks of a torchrun leave their logs too (src/command_line.py).
+    written = {p.name for p in run_dir.iterdir() if not p.match("train_ddp_process_*.log")}
+    if written <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir)
         with contextlib.suppress(OSError):  # the day's folder, if this was its only run
             run_dir.parent.rmdir()
@@ -282,7 +285,21 @@ def build(cfg: DictConfig):
         if isinstance(err.__cause__, MisconfigurationException):  # e.g. a GPU this machine lacks
             raise ConfigError(f"trainer: {str(err.__cause__).strip().splitlines()[0]}") from None
         raise
+    check_torchrun(trainer)
     return datamodule, model, trainer
+
+
+def check_torchrun(trainer) -> None:
+    """Under torchrun, Lightning trains in the processes torchrun started (its TorchElastic
+    environment): refuse a trainer that counts another number of them, before it fits."""
+    started = os.environ.get("WORLD_SIZE") if os.environ.get("TORCHELASTIC_RUN_ID") else None
+    asked = trainer.num_devices * trainer.num_nodes
+    if started is not None and asked != int(started):
+        raise ConfigError(
+            f"torchrun runs {started} ranks, but trainer.devices={trainer.num_devices} times "
+            f"trainer.num_nodes={trainer.num_nodes} make {asked}: give torchrun "
+            "--nproc-per-node=<trainer.devices> and --nnodes=<trainer.num_nodes>"
+        )
 
 
 def quiet_when_no_room(hook):

@@ -1,0 +1,22 @@
+"""A test-only callback: every rank writes the loss and size of each minibatch it trained on, so a
+test can check that a logged epoch metric is taken over every rank's minibatches."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class RankLosses(L.Callback):
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+        self.batches: list[tuple[float, int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.batches.append((loss.item(), len(batch[1])))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(self.batches))

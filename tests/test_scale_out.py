@@ -1,0 +1,139 @@
+"""Beyond one process: each engine the README gives for more machines, run for real on this one.
+
+torchrun (one node and two), Hydra sweeps whose jobs are DDP runs, submitit's local executor and
+Optuna workers sharing one study, all on the CPU with gloo and tiny data; each test reads back the
+files a user would read.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from src.checkpoints import load_run
+from tests.conftest import REPO, read_metrics
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+TINY = ("data.val_size=100", "trainer.max_epochs=1")
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now, for a rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(*launch: str) -> list[str]:
+    """torchrun (torch.distributed.run, the module its console script calls) on src.train."""
+    return [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "src.train"]
+
+
+def run(command: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, f"{command} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run directories under root/outputs/runs (each named by torchrun or by its start)."""
+    return sorted((root / "outputs" / "runs").glob("*/*"))
+
+
+def evaluate(ckpt: Path, out_dir: Path) -> dict:
+    """src.eval of `ckpt` in one process: its metrics.json."""
+    run([sys.executable, "-m", "src.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={out_dir}",
+         "trainer.accelerator=cpu"], cwd=REPO)  # fmt: skip
+    return read_metrics(out_dir)
+
+
+def count_by_hand(ckpt: Path) -> dict:
+    """The test loss and accuracy of a checkpoint over every test image, counted once each."""
+    module, datamodule, _ = load_run(ckpt)
+    datamodule.setup()
+    x, y = datamodule.test_set.tensors
+    with torch.no_grad():
+        out = module(x)
+    return {"n": len(y), "test/acc": (out.argmax(dim=1) == y).double().mean().item(),
+            "test/loss": nn.functional.cross_entropy(out, y).item()}  # fmt: skip
+
+
+def rank_losses(out_dir: Path) -> dict[int, list]:
+    """What tests/rank_losses.py wrote: each rank's (loss, batch size) per training step."""
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out_dir.glob("rank*.json")}
+
+
+def losses_callback(out_dir: Path) -> tuple[str, str]:
+    return ("+callbacks.rank_losses._target_=tests.rank_losses.RankLosses",
+            f"+callbacks.rank_losses.out_dir={out_dir}")  # fmt: skip
+
+
+def assert_one_ddp_run(run_dir: Path, losses: Path, ranks: int, eval_dir: Path) -> dict:
+    """The run's record covers every rank: train/loss is the mean over every rank's minibatches,
+    the test numbers are the tested checkpoint's over every test image once, and src.eval of that
+    checkpoint gives them again."""
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "completed" and metrics["tested"] == "checkpoints/last.ckpt"
+    batches = rank_losses(losses)
+    assert sorted(batches) == list(range(ranks))
+    assert len({len(steps) for steps in batches.values()}) == 1  # the ranks stepped together
+    pairs = [pair for steps in batches.values() for pair in steps]
+    mean = sum(loss * n for loss, n in pairs) / sum(n for _, n in pairs)
+    assert metrics["train/loss"] == pytest.approx(mean, rel=1e-5)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    by_hand = count_by_hand(ckpt)
+    assert by_hand["n"] == 100
+    assert metrics["test/acc"] == pytest.approx(by_hand["test/acc"], abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(by_hand["test/loss"], rel=1e-5)
+    evaluated = evaluate(ckpt, eval_dir)
+    for key in ("test/acc", "test/loss", "test/ece"):
+        assert evaluated[key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
+    return metrics
+
+
+@pytest.mark.slow
+def test_torchrun_on_one_node_writes_one_run_of_both_ranks(tiny_mnist, tmp_path):
+    losses = tmp_path / "losses"
+    run([*torchrun("--standalone", "--nproc-per-node=2"), "+experiment=mnist_sgd",
+         "trainer=ddp_cpu", f"data.data_dir={tiny_mnist}", *TINY, *losses_callback(losses)],
+        cwd=tmp_path)  # fmt: skip
+    # Both ranks composed the same directory from torchrun's run id; rank 0 wrote the records.
+    (run_dir,) = run_dirs(tmp_path)
+    assert run_dir.parent.name == "torchrun" and run_dir.name.startswith("mnist_sgd_")
+    assert list(tmp_path.rglob("metrics.json")) == [run_dir / "metrics.json"]
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
+    metrics = assert_one_ddp_run(run_dir, losses, ranks=2, eval_dir=tmp_path / "eval")
+    # 500 training images over two ranks: 250 each, 4 minibatches of 64 or fewer.
+    assert metrics["steps"] == 4 and metrics["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_what_would_split_the_run(tmp_path):
+    """Several nodes agree on a directory only through an id each is given: torchrun's default
+    one is the same for every run. A trainer counting other ranks than torchrun started would
+    wait for them forever. Each is one line, before any run directory is made."""
+    port = free_port()
+    proc = subprocess.run(
+        [*torchrun("--nnodes=1", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                   f"--rdzv-endpoint=127.0.0.1:{port}"), "+experiment=nand"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert ("error: torchrun without --standalone needs --rdzv-id=<id>, the same on every node "
+            "and new for each run") in proc.stderr  # fmt: skip
+    proc = subprocess.run(
+        [*torchrun("--standalone", "--nproc-per-node=1"), "+experiment=nand", "trainer=ddp_cpu"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout
+    assert ("torchrun runs 1 ranks, but trainer.devices=2 times trainer.num_nodes=1 make 2: give "
+            "torchrun --nproc-per-node=<trainer.devices>") in said  # fmt: skip
+    assert not run_dirs(tmp_path)
