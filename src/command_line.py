@@ -10,21 +10,22 @@ from pathlib import Path
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
 from src.console import quiet_console
+from src.ranks import rank_overrides
 
 
 def run_command_line(main: Callable[[], object]) -> None:
     """Call a `@hydra.main` function on this process's command line, refusing first what the
     checks below find, then what Hydra cannot compose (optimizer.lr=abc), each in one line."""
     quiet_console()  # before Hydra loads its plugins, some of which log as they are imported
-    args = sys.argv[1:]
+    # A rank that torchrun or Lightning started runs its run's command line (src/ranks.py).
+    args, refusal = rank_overrides(sys.argv[1:])
+    sys.argv[1:] = args
     if not shell_completion(args):
-        overrides, refusal = parse(args)
-        refusal = refusal or unknown_option(args, overrides) or missing_extra(args)
-        ranks, refusal = torchrun_overrides(args) if refusal is None else ([], refusal)
-        if refusal:
-            print(f"error: {refusal}", file=sys.stderr)
-            sys.exit(2)
-        sys.argv += ranks
+        overrides, parse_refusal = parse(args)
+        refusal = refusal or parse_refusal or unknown_option(args, overrides) or missing_extra(args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(2)
     # Hydra reports a command line it cannot compose in several lines and exits with 1; let it
     # raise instead.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -54,39 +55,6 @@ def shell_completion(args: list[str]) -> bool:
     # argparse takes any unambiguous start of a long flag; `--s` is already only this one.
     return any(arg == "-sc" or (len(arg) > 2 and "--shell-completion".startswith(arg))
                for arg in args)  # fmt: skip
-
-
-def torchrun_overrides(args: list[str]) -> tuple[list[str], str | None]:
-    """The Hydra overrides that make the ranks torchrun starts write one run: its directory, and
-    rank 0 alone writing `.hydra/` and `train.log`; or a refusal.
-
-    torchrun starts every rank with the same command line and each composes its own config, so
-    each would name its own run directory (by the second it started and a random id). Instead
-    all of them take the directory from torchrun's run id, which every rank of the run shares
-    (`--standalone` draws a new one; several nodes share the `--rdzv-id` given to each), unless
-    the command line gives `hydra.run.dir`. The other ranks write only their log there, as the
-    ranks Lightning starts itself do (`train_ddp_process_<rank>.log`).
-    """
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")  # what torch.distributed checks for torchrun
-    if run_id is None:
-        return [], None
-    sweep = [a for a in args if a in ("-m", "--multirun") or a.startswith("+sweep=")
-             or a.startswith("hparams_search=") and a != "hparams_search=null"]  # fmt: skip
-    if sweep:
-        return [], (f"{sweep[0]}: torchrun starts one training run, and every rank would run the "
-                    "sweep itself; run the sweep without torchrun, with trainer=ddp_cpu (or ddp), "
-                    "and Lightning starts each job's ranks")  # fmt: skip
-    extra = []
-    if not any(a.startswith("hydra.run.dir=") for a in args):
-        if run_id == "none":  # torchrun's default id, the same for every run
-            return [], ("torchrun without --standalone needs --rdzv-id=<id>, the same on every "
-                        "node and new for each run (its run directory is "
-                        "outputs/runs/torchrun/<name>_<id>), or hydra.run.dir=<dir>")  # fmt: skip
-        extra.append(f"hydra.run.dir=outputs/runs/torchrun/${{name}}_{run_id}")
-    rank = os.environ.get("RANK", "0")
-    if rank != "0":
-        extra += [f"hydra.job.name=train_ddp_process_{rank}", "hydra.output_subdir=null"]
-    return extra, None
 
 
 def parse(args: list[str]) -> tuple[list, str | None]:

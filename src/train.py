@@ -27,6 +27,7 @@ from src.command_line import CONF, console_script, run_command_line
 from src.config import register, validate
 from src.console import quiet_console
 from src.errors import ConfigError, InputError
+from src.ranks import in_sweep_job, sweep_job
 from src.records import no_room, read_json, unwritten_file, write_json
 from src.resume import resume_changes, sole_writer
 
@@ -52,7 +53,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    # A rank Lightning started for a sweep's job ends as the job does, recorded by its first rank.
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN or in_sweep_job()
     sigterm.listen()  # a sweep listens from its start (src/sweep.py)
     if in_sweep and sigterm.received():
         log.warning("%s not started: the sweep was stopped by SIGTERM", run_dir)
@@ -79,9 +81,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) ->
         if (run_dir / "checkpoints" / "last.ckpt").is_file() and not cfg.ckpt_path:
             cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
             log.info("continuing an unfinished job from %s", cfg.ckpt_path)
+    # A sweep's job is the first rank of the DDP ranks it may start: they get this job alone.
+    launcher = HydraConfig.get().mode == RunMode.MULTIRUN
+    job = sweep_job(run_dir, cfg.ckpt_path) if launcher else contextlib.nullcontext()
     try:
         validate(cfg)
-        record = train(cfg, run_dir, overrides)
+        with job:
+            record = train(cfg, run_dir, overrides)
     except Exception as err:
         reason = err.__cause__ if isinstance(err, InstantiationException) else err
         full = no_room(reason)

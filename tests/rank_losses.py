@@ -1,5 +1,6 @@
-"""A test-only callback: every rank writes the loss and size of each minibatch it trained on, so a
-test can check that a logged epoch metric is taken over every rank's minibatches."""
+"""A test-only callback: every rank writes its learning rate and the loss and size of each
+minibatch it trained on, so a test can check that the ranks trained with one run's settings and
+that a logged epoch metric is taken over every rank's minibatches."""
 
 import json
 from pathlib import Path
@@ -18,5 +19,6 @@ class RankLosses(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
         path = self.out_dir / f"rank{trainer.global_rank}.json"
-        path.write_text(json.dumps(self.batches))
+        path.write_text(json.dumps({"lr": lr, "batches": self.batches}))

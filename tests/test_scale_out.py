@@ -65,8 +65,9 @@ def count_by_hand(ckpt: Path) -> dict:
             "test/loss": nn.functional.cross_entropy(out, y).item()}  # fmt: skip
 
 
-def rank_losses(out_dir: Path) -> dict[int, list]:
-    """What tests/rank_losses.py wrote: each rank's (loss, batch size) per training step."""
+def rank_losses(out_dir: Path) -> dict[int, dict]:
+    """What tests/rank_losses.py wrote: each rank's learning rate and (loss, batch size) per
+    training step."""
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in out_dir.glob("rank*.json")}
 
 
@@ -75,18 +76,22 @@ def losses_callback(out_dir: Path) -> tuple[str, str]:
             f"+callbacks.rank_losses.out_dir={out_dir}")  # fmt: skip
 
 
+def assert_mean_over_ranks(metrics: dict, ranks_wrote: dict[int, dict], ranks: int) -> None:
+    """train/loss is the mean over every rank's minibatches, each rank stepping as often."""
+    assert sorted(ranks_wrote) == list(range(ranks))
+    assert len({len(wrote["batches"]) for wrote in ranks_wrote.values()}) == 1
+    pairs = [pair for wrote in ranks_wrote.values() for pair in wrote["batches"]]
+    mean = sum(loss * n for loss, n in pairs) / sum(n for _, n in pairs)
+    assert metrics["train/loss"] == pytest.approx(mean, rel=1e-5)
+
+
 def assert_one_ddp_run(run_dir: Path, losses: Path, ranks: int, eval_dir: Path) -> dict:
     """The run's record covers every rank: train/loss is the mean over every rank's minibatches,
     the test numbers are the tested checkpoint's over every test image once, and src.eval of that
     checkpoint gives them again."""
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "completed" and metrics["tested"] == "checkpoints/last.ckpt"
-    batches = rank_losses(losses)
-    assert sorted(batches) == list(range(ranks))
-    assert len({len(steps) for steps in batches.values()}) == 1  # the ranks stepped together
-    pairs = [pair for steps in batches.values() for pair in steps]
-    mean = sum(loss * n for loss, n in pairs) / sum(n for _, n in pairs)
-    assert metrics["train/loss"] == pytest.approx(mean, rel=1e-5)
+    assert_mean_over_ranks(metrics, rank_losses(losses), ranks)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     by_hand = count_by_hand(ckpt)
     assert by_hand["n"] == 100
@@ -137,3 +142,35 @@ def test_torchrun_refuses_what_would_split_the_run(tmp_path):
     assert ("torchrun runs 1 ranks, but trainer.devices=2 times trainer.num_nodes=1 make 2: give "
             "torchrun --nproc-per-node=<trainer.devices>") in said  # fmt: skip
     assert not run_dirs(tmp_path)
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """A sweep's job directories, found by what Hydra writes into each, not by their names."""
+    return sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml"))
+
+
+@pytest.mark.slow
+def test_a_sweep_of_ddp_jobs_trains_each_job_on_every_rank_with_its_settings(tiny_mnist, tmp_path):
+    """Lightning starts a job's other rank by running the command line again: the whole sweep's.
+    Each job's ranks train that job alone, in its directory, with its learning rate."""
+    proc = run([sys.executable, "-m", "src.train", "-m", "+experiment=mnist_sgd", "trainer=ddp_cpu",
+                f"data.data_dir={tiny_mnist}", *TINY, "optimizer.lr=0.1,0.01",
+                *losses_callback("${paths.output_dir}/ranks")], cwd=tmp_path)  # fmt: skip
+    assert proc.stdout.count("Launching 2 jobs") == 1  # no rank ran the sweep again
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert not (tmp_path / "outputs" / "runs").exists()
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 2 and len(list(tmp_path.rglob("metrics.json"))) == 2
+    rates = set()
+    for job in jobs:
+        metrics = read_metrics(job)
+        assert metrics["status"] == "completed" and metrics["steps"] == 4
+        (lr,) = [float(o[13:]) for o in metrics["overrides"] if o.startswith("optimizer.lr=")]
+        ranks_wrote = rank_losses(job / "ranks")
+        assert {wrote["lr"] for wrote in ranks_wrote.values()} == {lr}
+        assert_mean_over_ranks(metrics, ranks_wrote, ranks=2)
+        assert (job / "train_ddp_process_1.log").is_file()
+        rates.add(lr)
+    assert rates == {0.1, 0.01}
+    summary = (sweep_dir / "summary.csv").read_text()
+    assert "optimizer.lr=0.1," in summary and "optimizer.lr=0.01," in summary
