@@ -144,7 +144,13 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from src.callbacks import ConfigInCheckpoints, EpochTable, ResumedSettings
+    from src.callbacks import (
+        ConfigInCheckpoints,
+        EpochTable,
+        ResumedSettings,
+        StopTogether,
+        stop_asked,
+    )
     from src.checkpoints import check_weights_fit, read_checkpoint, stored_config
     from src.lr_finder import find_learning_rate
     from src.modules import Diverged
@@ -170,6 +176,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     finding = cfg.lr_find and not checkpoint
     suggestion = find_learning_rate(cfg, model, datamodule, run_dir) if finding else None
     trainer.callbacks.append(ConfigInCheckpoints(OmegaConf.to_container(cfg, resolve=False)))
+    trainer.callbacks.append(StopTogether())  # under DDP, a SIGTERM to one rank stops all
     if changes:
         trainer.callbacks.append(ResumedSettings(changes))
 
@@ -202,14 +209,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         metrics["first_loss"] = first_loss if math.isfinite(first_loss) else None
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     tested = None
-    if status == "completed" and sigterm.received():  # after fit's last check for one
+    if status == "completed" and stop_asked(trainer):  # after fit's last check for one
         status, error = "interrupted", "stopped by SIGTERM before testing"
     if status == "completed":
         # The weights of a file that stays (the last epoch's): src.eval of it gives these numbers.
         tested = last_ckpt if last_ckpt.is_file() else None
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True,
                      verbose=False)  # fmt: skip
-        if sigterm.received():  # Lightning's test loop runs on through a SIGTERM
+        if stop_asked(trainer):  # Lightning's test loop runs on through a SIGTERM
             status, error = "interrupted", "stopped by SIGTERM while testing"
         else:
             metrics |= read_metrics(trainer.callback_metrics, prefix="test/")

@@ -11,11 +11,11 @@ import lightning as L
 class RankLosses(L.Callback):
     def __init__(self, out_dir: str):
         self.out_dir = Path(out_dir)
-        self.batches: list[tuple[float, int]] = []
+        self.batches: list[tuple[int, float, int]] = []  # (epoch, loss, minibatch size)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.batches.append((loss.item(), len(batch[1])))
+        self.batches.append((trainer.current_epoch, loss.item(), len(batch[1])))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ training_step call: in the middle of the epoch. It tests on through one.
 
 In a sweep, `to="parent"` sends it to the sweep's process from a job in a worker process, and
 `once` (a file path) sends it from the first job only, as one `kill` would: the sweep run again
-with the same settings goes on undisturbed."""
+with the same settings goes on undisturbed. Under DDP, `rank` sends it from that global rank only:
+with `to="parent"` under torchrun, to the launcher of that rank's node."""
 
 import os
 import signal
@@ -16,14 +17,21 @@ import lightning as L
 
 class Sigterm(L.Callback):
     def __init__(self, epoch: int = 0, at: str = "", step: int | None = None, to: str = "self",
-                 once: str | None = None):  # fmt: skip
+                 once: str | None = None, rank: int | None = None):  # fmt: skip
         self.epoch = epoch  # counted from 1
         self.at = at  # "start", "end", "fit_end" or "test"
         self.step = step  # or after this many optimizer steps
         self.to = to  # "self" or "parent"
         self.once = once
+        self.rank = rank
+        self.global_rank = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.global_rank = trainer.global_rank
 
     def kill(self) -> None:
+        if self.rank is not None and self.rank != self.global_rank:
+            return
         if self.once:
             try:
                 os.close(os.open(self.once, os.O_CREAT | os.O_EXCL))

@@ -20,7 +20,7 @@ from src.checkpoints import load_run
 from tests.conftest import REPO, read_metrics
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
-TINY = ("data.val_size=100", "trainer.max_epochs=1")
+TINY = ("data.val_size=100", "trainer.max_epochs=2")
 
 
 def free_port() -> int:
@@ -66,8 +66,8 @@ def count_by_hand(ckpt: Path) -> dict:
 
 
 def rank_losses(out_dir: Path) -> dict[int, dict]:
-    """What tests/rank_losses.py wrote: each rank's learning rate and (loss, batch size) per
-    training step."""
+    """What tests/rank_losses.py wrote: each rank's learning rate and (epoch, loss, batch size)
+    per training step."""
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in out_dir.glob("rank*.json")}
 
 
@@ -77,10 +77,13 @@ def losses_callback(out_dir: Path) -> tuple[str, str]:
 
 
 def assert_mean_over_ranks(metrics: dict, ranks_wrote: dict[int, dict], ranks: int) -> None:
-    """train/loss is the mean over every rank's minibatches, each rank stepping as often."""
+    """train/loss is the mean over every rank's minibatches of the last epoch, each rank stepping
+    as often."""
     assert sorted(ranks_wrote) == list(range(ranks))
     assert len({len(wrote["batches"]) for wrote in ranks_wrote.values()}) == 1
-    pairs = [pair for wrote in ranks_wrote.values() for pair in wrote["batches"]]
+    last = metrics["epochs"] - 1
+    pairs = [(loss, n) for wrote in ranks_wrote.values() for epoch, loss, n in wrote["batches"]
+             if epoch == last]  # fmt: skip
     mean = sum(loss * n for loss, n in pairs) / sum(n for _, n in pairs)
     assert metrics["train/loss"] == pytest.approx(mean, rel=1e-5)
 
@@ -103,20 +106,86 @@ def assert_one_ddp_run(run_dir: Path, losses: Path, ranks: int, eval_dir: Path) 
     return metrics
 
 
-@pytest.mark.slow
-def test_torchrun_on_one_node_writes_one_run_of_both_ranks(tiny_mnist, tmp_path):
-    losses = tmp_path / "losses"
+@pytest.fixture(scope="module")
+def one_node(tiny_mnist, tmp_path_factory) -> Path:
+    """A torchrun of two ranks on one node, as the README gives it: the folder it ran in."""
+    cwd = tmp_path_factory.mktemp("one_node")
     run([*torchrun("--standalone", "--nproc-per-node=2"), "+experiment=mnist_sgd",
-         "trainer=ddp_cpu", f"data.data_dir={tiny_mnist}", *TINY, *losses_callback(losses)],
-        cwd=tmp_path)  # fmt: skip
+         "trainer=ddp_cpu", f"data.data_dir={tiny_mnist}", *TINY,
+         *losses_callback(cwd / "losses")], cwd=cwd)  # fmt: skip
+    return cwd
+
+
+@pytest.mark.slow
+def test_torchrun_on_one_node_writes_one_run_of_both_ranks(one_node):
     # Both ranks composed the same directory from torchrun's run id; rank 0 wrote the records.
-    (run_dir,) = run_dirs(tmp_path)
+    (run_dir,) = run_dirs(one_node)
     assert run_dir.parent.name == "torchrun" and run_dir.name.startswith("mnist_sgd_")
-    assert list(tmp_path.rglob("metrics.json")) == [run_dir / "metrics.json"]
+    assert list(one_node.rglob("metrics.json")) == [run_dir / "metrics.json"]
     assert sorted(p.name for p in run_dir.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
-    metrics = assert_one_ddp_run(run_dir, losses, ranks=2, eval_dir=tmp_path / "eval")
-    # 500 training images over two ranks: 250 each, 4 minibatches of 64 or fewer.
-    assert metrics["steps"] == 4 and metrics["epochs"] == 1
+    metrics = assert_one_ddp_run(run_dir, one_node / "losses", ranks=2, eval_dir=one_node / "eval")
+    # 500 training images over two ranks: 250 each, 4 minibatches of 64 or fewer per epoch.
+    assert metrics["steps"] == 8 and metrics["epochs"] == 2
+
+
+def two_nodes(rdzv_id: str, *overrides: str, cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Two torchrun invocations, one per node, meeting at a rendezvous on 127.0.0.1: one rank
+    each, as two machines with one device would run them."""
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [*torchrun("--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1",
+                   "--master-addr=127.0.0.1", f"--master-port={port}", f"--rdzv-id={rdzv_id}"),
+         "+experiment=mnist_sgd", "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2",
+         *overrides],
+        cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) for rank in (0, 1)]  # fmt: skip
+    ended = []
+    for node in nodes:
+        out, err = node.communicate(timeout=300)
+        ended.append(subprocess.CompletedProcess(node.args, node.returncode, out, err))
+    return ended
+
+
+@pytest.mark.slow
+def test_two_nodes_stopped_by_a_sigterm_to_one_continue_on_two_nodes(tiny_mnist, one_node,
+                                                                     tmp_path):  # fmt: skip
+    """SIGTERM to the second node's torchrun, as a scheduler would stop one machine: it passes
+    the signal to its rank only, and every rank stops at the same step, with a checkpoint. The
+    run resumed on two nodes ends as the run never stopped, on one node, did."""
+    data = (f"data.data_dir={tiny_mnist}", *TINY)
+    sigterm = ("+callbacks.sigterm._target_=tests.signals.Sigterm", "+callbacks.sigterm.step=2",
+               "+callbacks.sigterm.to=parent", "+callbacks.sigterm.rank=1")  # fmt: skip
+    stopped = two_nodes("stopped", *data, *sigterm, cwd=tmp_path)
+    assert all(node.returncode != 0 for node in stopped)  # each ended, none hung
+    (run_dir,) = run_dirs(tmp_path)
+    assert run_dir == tmp_path / "outputs" / "runs" / "torchrun" / "mnist_sgd_stopped"
+    assert sorted(p.name for p in run_dir.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
+    record = read_metrics(run_dir)
+    assert record["status"] == "interrupted" and record["checkpoint"] == "checkpoints/last.ckpt"
+    step = record["steps"]  # the first step after the signal reached the second node's rank
+    assert 2 <= step < 8 and record["error"] == f"stopped by SIGTERM at step {step}"
+    assert "test/acc" not in record
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resumed = two_nodes("resumed", *data, f"ckpt_path={ckpt}", cwd=tmp_path)
+    assert [node.returncode for node in resumed] == [0, 0], resumed[0].stderr[-3000:]
+    resumed_dir = run_dir.with_name("mnist_sgd_resumed")
+    assert run_dirs(tmp_path) == [resumed_dir, run_dir]
+    assert len(list(tmp_path.rglob("metrics.json"))) == 2
+    metrics = read_metrics(resumed_dir)
+    assert metrics["status"] == "completed" and metrics["resumed_from"] == str(ckpt)
+    # The same two ranks on one node, never stopped: the same weights and numbers.
+    (whole_dir,) = run_dirs(one_node)
+    whole = read_metrics(whole_dir)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+                "test/ece", "steps", "epochs"):  # fmt: skip
+        assert metrics[key] == pytest.approx(whole[key], rel=1e-6), key
+    weights, whole_weights = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
+                              ["state_dict"] for d in (resumed_dir, whole_dir))  # fmt: skip
+    for name, value in whole_weights.items():
+        assert torch.allclose(weights[name], value, rtol=1e-6, atol=1e-7), name
+    by_hand = count_by_hand(resumed_dir / "checkpoints" / "last.ckpt")
+    assert metrics["test/acc"] == pytest.approx(by_hand["test/acc"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -164,7 +233,7 @@ def test_a_sweep_of_ddp_jobs_trains_each_job_on_every_rank_with_its_settings(tin
     rates = set()
     for job in jobs:
         metrics = read_metrics(job)
-        assert metrics["status"] == "completed" and metrics["steps"] == 4
+        assert metrics["status"] == "completed" and metrics["steps"] == 8
         (lr,) = [float(o[13:]) for o in metrics["overrides"] if o.startswith("optimizer.lr=")]
         ranks_wrote = rank_losses(job / "ranks")
         assert {wrote["lr"] for wrote in ranks_wrote.values()} == {lr}

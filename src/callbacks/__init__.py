@@ -6,7 +6,7 @@ from src.callbacks.epoch_table import EpochTable
 from src.callbacks.pictures import DigitPictures, GatePictures
 from src.callbacks.progress import EpochProgressBar
 from src.callbacks.resumed import ResumedSettings
-from src.callbacks.stop import CheckpointOnStop
+from src.callbacks.stop import CheckpointOnStop, StopTogether, stop_asked
 from src.callbacks.truth_table import TruthTable
 
 __all__ = [
@@ -19,5 +19,7 @@ __all__ = [
     "GatePictures",
     "ResumedSettings",
     "RunCheckpoint",
+    "StopTogether",
     "TruthTable",
+    "stop_asked",
 ]

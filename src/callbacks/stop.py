@@ -1,8 +1,12 @@
-"""A checkpoint of the moment a run is stopped, to resume from."""
+"""A checkpoint of the moment a run is stopped, to resume from; every DDP rank stopped at once."""
+
+import signal
 
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from src import sigterm
 
 
 class CheckpointOnStop(L.Callback):
@@ -17,3 +21,57 @@ class CheckpointOnStop(L.Callback):
         stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         if stopped and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume
+
+
+class StopTogether(L.Callback):
+    """Under DDP, a SIGTERM to any rank stops every rank at the same step, where Lightning stops
+    one process: each saves its part of the checkpoint and the run is recorded `interrupted`.
+
+    Lightning's own SIGTERM handler broadcasts from rank 0 at whatever moment the signal comes.
+    On any other rank that broadcast meets no partner and every rank hangs (Lightning issue
+    #20806); torchrun passes a node's SIGTERM to that node's ranks only. So while Lightning
+    trains and tests, SIGTERM is again the handler it found (src/sigterm.py, which notes it);
+    after each training step and epoch the ranks decide together whether any was sent one, and
+    if so every rank hands the signal to Lightning's handler at that same moment.
+    """
+
+    def __init__(self):
+        self.noting = None  # the handler Lightning found
+        self.lightning = None  # Lightning's, put aside while it runs
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:  # Lightning sets its handler after setup, before running
+            self.noting = signal.getsignal(signal.SIGTERM)
+
+    def put_aside(self, trainer: L.Trainer) -> None:
+        current = signal.getsignal(signal.SIGTERM)
+        if trainer.world_size > 1 and current is not self.noting:
+            self.lightning = current
+            signal.signal(signal.SIGTERM, self.noting)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.put_aside(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.put_aside(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.put_aside(trainer)  # a SIGTERM while testing: src/train.py asks every rank after
+
+    def stop_if_asked(self, trainer: L.Trainer) -> None:
+        if trainer.world_size > 1 and stop_asked(trainer) and not trainer.received_sigterm:
+            if self.lightning is None:
+                raise SIGTERMException
+            self.lightning(signal.SIGTERM, None)  # Lightning stops after this step, as for one
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.stop_if_asked(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop_if_asked(trainer)
+
+
+def stop_asked(trainer: L.Trainer) -> bool:
+    """Whether this process, or under DDP any rank, has been sent SIGTERM (src/sigterm.py); the
+    ranks ask together, so each gets the same answer."""
+    return trainer.strategy.reduce_boolean_decision(sigterm.received(), all=False)
