@@ -1,6 +1,6 @@
 """A SIGTERM remembered for the rest of the process, so that a stop asked for at any moment ends
 what it should: a run between its fit and its test, a sweep between two jobs, the workers of a
-parallel sweep.
+parallel sweep. A job that submitit started takes submitit's warning of its time limit for one.
 
 Lightning handles SIGTERM itself only while it fits or tests; it runs the handler it found
 installed as well, so the one installed here hears every SIGTERM of the process.
@@ -39,6 +39,13 @@ def listen(forward: bool = False) -> None:
             before(signum, frame)
 
     signal.signal(signal.SIGTERM, handler)
+    if os.environ.get("SUBMITIT_EXECUTOR"):  # a job that submitit started, on SLURM or locally
+        # submitit warns a job of its time limit or a preemption with this signal, and its own
+        # handler would requeue the job or end it at once, at whatever line it was. Here it is a
+        # SIGTERM instead: the job saves the moment, is recorded interrupted, and a sweep run
+        # again continues it.
+        preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        signal.signal(preempt, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def received() -> bool:

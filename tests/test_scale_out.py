@@ -243,3 +243,68 @@ def test_a_sweep_of_ddp_jobs_trains_each_job_on_every_rank_with_its_settings(tin
     assert rates == {0.1, 0.01}
     summary = (sweep_dir / "summary.csv").read_text()
     assert "optimizer.lr=0.1," in summary and "optimizer.lr=0.01," in summary
+
+
+def files(job: Path) -> set[str]:
+    """What a job directory holds, by relative path; TensorBoard's event files (named by time,
+    host and process, one more for each resume) as one."""
+    names = {p.relative_to(job).as_posix() for p in job.rglob("*")}
+    return {"events.out.tfevents.*" if n.startswith("events.out.tfevents.") else n for n in names}
+
+
+def by_lr(sweep_dir: Path) -> dict[str, Path]:
+    """A sweep's job directories by the learning rate each was given."""
+    jobs = {}
+    for job in job_dirs(sweep_dir):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        (lr,) = [line.split("=")[1] for line in overrides.splitlines() if "optimizer.lr=" in line]
+        jobs[lr] = job
+    return jobs
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_grid_and_a_job_it_timed_out_continues_when_run_again(tmp_path):
+    """submitit's local executor, the code path of SLURM's without a cluster: each job a process
+    of its own, warned of its time limit by submitit's signal 30 s before it (timeout_min=1).
+    Both jobs are slowed by a test callback while a file exists, so they are surely training
+    then; removed, the sweep run again continues them at full speed."""
+    slow = tmp_path / "slow"
+    slow.touch()
+    grid = ["-m", "+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=500",
+            "trainer.max_steps=1000", "trainer.max_epochs=2", "+callbacks.slow.seconds=0.05",
+            "+callbacks.slow._target_=tests.slow_steps.SlowSteps"]  # fmt: skip
+    train = [sys.executable, "-m", "src.train", *grid]
+    submitit = [*train, f"+callbacks.slow.while_exists={slow}", "hydra/launcher=submitit_local",
+                "hydra.launcher.timeout_min=1",
+                f"hydra.sweep.dir={tmp_path / 'submitit'}"]  # fmt: skip
+    # The same grid under Hydra's basic launcher, never slowed, while submitit's jobs wait.
+    basic = subprocess.Popen(
+        [*train, f"+callbacks.slow.while_exists={tmp_path / 'never'}",
+         f"hydra.sweep.dir={tmp_path / 'basic'}"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run(submitit, cwd=tmp_path)
+    assert basic.wait(timeout=300) == 0, basic.stderr.read()[-3000:]
+    timed_out = by_lr(tmp_path / "submitit")
+    assert sorted(timed_out) == ["0.5", "1.0"]
+    for job in timed_out.values():
+        record = read_metrics(job)
+        assert record["status"] == "interrupted" and 0 < record["steps"] < 1000
+        assert record["error"] == f"stopped by SIGTERM at step {record['steps']}"
+        assert (job / record["checkpoint"]).is_file()
+    summary = (tmp_path / "submitit" / "summary.csv").read_text()
+    assert summary.count(",interrupted,") == 2
+
+    slow.unlink()
+    run(submitit, cwd=tmp_path)  # the same sweep again
+    finished, uninterrupted = by_lr(tmp_path / "submitit"), by_lr(tmp_path / "basic")
+    assert finished == timed_out and sorted(uninterrupted) == ["0.5", "1.0"]
+    for lr, job in finished.items():
+        record, whole = read_metrics(job), read_metrics(uninterrupted[lr])
+        assert record["status"] == whole["status"] == "completed"
+        assert record["resumed_from"] == str(job / "checkpoints" / "last.ckpt")
+        for key in ("train/loss", "val/loss", "test/loss", "test/acc", "steps", "epochs"):
+            assert record[key] == pytest.approx(whole[key], rel=1e-6), (lr, key)
+        assert files(job) == files(uninterrupted[lr])
+    summary = (tmp_path / "submitit" / "summary.csv").read_text()
+    assert summary.count(",completed,") == 2
