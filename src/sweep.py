@@ -7,9 +7,11 @@ summary over all of its jobs. `python -m src.sweep <sweep dir>` rebuilds it by h
 """
 
 import csv
+import fcntl
 import io
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +43,14 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if job_dirs(sweep_dir):  # else no job started: nothing to compare
-            table = write_summary(sweep_dir, config.monitor.metric, config.monitor.mode)
+            # Sweeps sharing the directory (Optuna workers of one study) summarize it one at a
+            # time, under an OS lock on it: the last reads every job as it ended.
+            directory = os.open(sweep_dir, os.O_RDONLY)
+            try:
+                fcntl.flock(directory, fcntl.LOCK_EX)
+                table = write_summary(sweep_dir, config.monitor.metric, config.monitor.mode)
+            finally:
+                os.close(directory)
             log.info("sweep summary (best first):\n%s", table)
         if sigterm.received():
             log.warning("the sweep was stopped by SIGTERM: the same command with "

@@ -10,16 +10,22 @@ import os
 import socket
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from src.checkpoints import load_run
 from tests.conftest import REPO, read_metrics
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+ENV = {
+    **os.environ,
+    "HYDRA_FULL_ERROR": "1",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+}
 TINY = ("data.val_size=100", "trainer.max_epochs=2")
 
 
@@ -308,3 +314,82 @@ def test_submitit_local_runs_a_grid_and_a_job_it_timed_out_continues_when_run_ag
         assert files(job) == files(uninterrupted[lr])
     summary = (tmp_path / "submitit" / "summary.csv").read_text()
     assert summary.count(",completed,") == 2
+
+
+SQLALCHEMY = version("SQLAlchemy")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SQLALCHEMY.startswith("1."),
+                    reason=f"SQLAlchemy {SQLALCHEMY} is installed: Optuna 2.10's storage needs "
+                    "SQLAlchemy 1 (pip install -e .[optuna], as make test does)")  # fmt: skip
+def test_optuna_workers_share_one_study_in_one_sqlite_file(tmp_path):
+    """Two workers started together against one SQLite file and one study name, each with its
+    own sampler seed, into one sweep directory: every trial is drawn and trained once, in a job
+    directory of its own, and the study's best trial is reported once, over both workers."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = [sys.executable, "-m", "src.train", "+experiment=nand", "hparams_search=nand_optuna",
+              "data.steps_per_epoch=100", "trainer.max_steps=200", "trainer.max_epochs=2",
+              "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={storage}",
+              "hydra.sweeper.study_name=nand", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    workers = [subprocess.Popen([*search, f"hydra.sweeper.sampler.seed={seed}"], cwd=tmp_path,
+                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True) for seed in (1, 2)]  # fmt: skip
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-3000:]
+
+    study = optuna.load_study(study_name="nand", storage=storage)
+    trials = study.trials
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    drawn = {(t.params["optimizer.lr"], t.params["model.net.hidden_dim"]) for t in trials}
+    assert len(drawn) == 6  # no trial drawn twice
+    jobs = job_dirs(tmp_path / "sweep")
+    assert len(jobs) == 6 and len(list(tmp_path.rglob("metrics.json"))) == 6
+    for trial in trials:  # each trial trained in a directory of its own, its value its record's
+        (job,) = [job for job in jobs if trained_with(read_metrics(job), trial.params)]
+        assert read_metrics(job)["val/loss"] == pytest.approx(trial.value, rel=1e-9)
+    best = study.best_trial
+    report = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert report == {"name": "optuna", "best_params": best.params, "best_value": best.value,
+                      "best_trial": best.number, "trials": 6}  # fmt: skip
+    summary = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 7 and f"optimizer.lr={best.params['optimizer.lr']} " in summary[1]
+
+    # A third worker with a seed already taken would draw the first one's trials again.
+    proc = subprocess.run([*search, "hydra.sweeper.sampler.seed=1"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: hydra.sweeper.sampler.seed=1 is taken in study nand of {storage} (by another "
+        "worker, or an earlier search), whose trials this one would draw again: give each "
+        "worker a seed of its own, or null"
+    ]
+    assert len(optuna.load_study(study_name="nand", storage=storage).trials) == 6
+
+
+def trained_with(record: dict, params: dict) -> bool:
+    """Whether a job's record names exactly these trial parameters among its overrides."""
+    given = dict(o.split("=", 1) for o in record["overrides"])
+    return all(key in given and float(given[key]) == float(value) for key, value in params.items())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SQLALCHEMY.startswith("1."), reason="SQLAlchemy 1 opens the storage")
+def test_a_storage_optuna_cannot_open_under_sqlalchemy_2_is_refused_in_one_line(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", "+experiment=nand", "hparams_search=nand_optuna",
+         f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=nand",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: hydra.sweeper.storage={storage} needs SQLAlchemy 1 with Optuna 2.10, whose "
+        f"storage cannot record its schema under SQLAlchemy {SQLALCHEMY}: pip install -e "
+        ".[optuna] installs it"
+    ]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "study.db").exists()
