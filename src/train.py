@@ -113,7 +113,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) ->
 def remove_refused(run_dir: Path) -> None:
     """Remove the directory of a run refused before it began, if it holds only what Hydra wrote
     before the refusal (.hydra/, train.log): nothing in outputs/ looks like a run that was."""
-    # The other ranks of a torchrun leave their logs too (src/command_line.py).
+    # The other ranks of a torchrun leave their logs too (src/ranks.py).
     written = {p.name for p in run_dir.iterdir() if not p.match("train_ddp_process_*.log")}
     if written <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir)

@@ -198,7 +198,8 @@ def test_two_nodes_stopped_by_a_sigterm_to_one_continue_on_two_nodes(tiny_mnist,
 def test_torchrun_refuses_what_would_split_the_run(tmp_path):
     """Several nodes agree on a directory only through an id each is given: torchrun's default
     one is the same for every run. A trainer counting other ranks than torchrun started would
-    wait for them forever. Each is one line, before any run directory is made."""
+    wait for them forever; a sweep would be run by every rank. Each is one line, before any run
+    directory is made."""
     port = free_port()
     proc = subprocess.run(
         [*torchrun("--nnodes=1", "--nproc-per-node=1", "--rdzv-backend=c10d",
@@ -216,6 +217,14 @@ def test_torchrun_refuses_what_would_split_the_run(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stdout
     assert ("torchrun runs 1 ranks, but trainer.devices=2 times trainer.num_nodes=1 make 2: give "
             "torchrun --nproc-per-node=<trainer.devices>") in said  # fmt: skip
+    proc = subprocess.run(
+        [*torchrun("--standalone", "--nproc-per-node=1"), "-m", "+experiment=nand",
+         "optimizer.lr=0.5,1"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert ("error: -m: torchrun starts one training run, and every rank would run the sweep "
+            "itself; run the sweep without torchrun") in proc.stderr  # fmt: skip
     assert not run_dirs(tmp_path)
 
 
