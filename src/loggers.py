@@ -8,7 +8,7 @@ from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import summary_v2
-from torch.utils.tensorboard.writer import FileWriter
+from torch.utils.tensorboard.writer import FileWriter, SummaryWriter
 
 # CUSTOM SCALARS: each chart draws every tag its regular expression matches.
 LAYOUT = {
@@ -54,6 +54,15 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         writer = FileWriter(self.log_dir)
         writer.add_summary(row)
         writer.close()
+
+
+def tensorboard_writer(trainer) -> SummaryWriter | None:
+    """The run's TensorBoard SummaryWriter, where the pictures go; None when no TensorBoard logger
+    is configured."""
+    for logger in trainer.loggers:
+        if isinstance(logger, LightningTensorBoardLogger):
+            return logger.experiment
+    return None
 
 
 def as_tensorboard_values(settings: dict) -> dict:

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from src.callbacks.pictures import CALIBRATION_BINS, calibration_counts, calibration_error
+from src.callbacks.digit_pictures import CALIBRATION_BINS, calibration_counts, calibration_error
 from src.checkpoints import load_run
 from src.config import register
 from src.data import MNISTDataModule

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets
 
-from src.callbacks.pictures import HIST_BINS, histogram
+from src.callbacks.digit_pictures import HIST_BINS, histogram
 from tests.conftest import REPO, read_metrics, run_train
 
 
