@@ -267,17 +267,12 @@ def build(cfg: DictConfig):
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
-    from src.modules import NetworkMismatch
-
-    datamodule = instantiate(cfg.data)
+    with refused_in_one_line("data", cfg.data):
+        datamodule = instantiate(cfg.data)
     scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
-    try:
+    # The network is what a user brings; the module around it takes only what its YAML gives.
+    with refused_in_one_line("model.net", cfg.model.net):
         model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
-    except InstantiationException as err:
-        # A network that does not fit the task, or a setting it does not take (a TypeError).
-        if isinstance(err.__cause__, (NetworkMismatch, TypeError)):
-            raise ConfigError(f"model.net ({cfg.model.net._target_}): {err.__cause__}") from None
-        raise
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     # No bar and no summary when the flags say so: Lightning refuses such a bar among the
     # callbacks, and would run such a summary.
@@ -313,6 +308,21 @@ def check_torchrun(trainer) -> None:
             f"trainer.num_nodes={trainer.num_nodes} make {asked}: give torchrun "
             "--nproc-per-node=<trainer.devices> and --nnodes=<trainer.num_nodes>"
         )
+
+
+@contextlib.contextmanager
+def refused_in_one_line(key: str, node: DictConfig):
+    """Building the config's `key` (its `node`): a value its class refuses, as a TypeError from its
+    __init__ (an argument it does not take) or a ValueError of its own (a network that does not fit
+    the task, src/modules/supervised.py, is one), said in one line naming the key and the class."""
+    try:
+        yield
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (TypeError, ValueError)):
+            said = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+            raise ConfigError(f"{key} ({node.get('_target_')}): {said}") from None
+        raise
 
 
 def quiet_when_no_room(hook):

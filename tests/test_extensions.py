@@ -1,0 +1,117 @@
+"""What a user adds without touching the project: a dataset for the gate nets as one .py and one
+.yaml in a config folder of their own, trained by the real `python -m src.train` from the folder
+holding the .py, with its pictures; a wrong value in it refused in one line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REPO, read_metrics
+
+# Two interleaved half circles, as scikit-learn's make_moons draws them: 2 features, a 0/1 target
+# of shape (B, 1), as the gates' data gives them.
+MOONS_PY = """
+import math
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TwoMoons(L.LightningDataModule):
+    def __init__(self, samples: int, noise: float, batch_size: int):
+        super().__init__()
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, not {noise}")
+        generator = torch.Generator().manual_seed(0)
+        angle = torch.rand(samples, generator=generator) * math.pi
+        upper = torch.arange(samples) % 2 == 0
+        x1 = torch.where(upper, angle.cos(), 1 - angle.cos())
+        x2 = torch.where(upper, angle.sin(), 0.5 - angle.sin())
+        x = torch.stack([x1, x2], dim=1) + noise * torch.randn(samples, 2, generator=generator)
+        self.data = TensorDataset(x, upper.float().unsqueeze(1))
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.data, batch_size=len(self.data))
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+"""
+
+MOONS_YAML = """\
+_target_: moons.TwoMoons
+samples: 256
+noise: 0.1
+batch_size: 8
+"""
+
+
+def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` as a user runs it from `cwd`: Hydra's short errors."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture
+def moons(tmp_path) -> Path:
+    """tmp_path holding moons.py, and conf/data/moons.yaml naming its class."""
+    (tmp_path / "moons.py").write_text(MOONS_PY)
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "moons.yaml").write_text(MOONS_YAML)
+    return tmp_path
+
+
+def images(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    events.Reload()
+    return events
+
+
+@pytest.mark.slow
+def test_a_dataset_of_ones_own_trains_the_gate_nets_and_draws_their_pictures(moons):
+    # The xor experiment's net, loss and optimizer on the moons: it sets no key of the data.
+    proc = run_module("src.train", "--config-dir", "conf", "+experiment=xor", "data=moons",
+                      "trainer.max_epochs=4", "hydra.run.dir=run", cwd=moons)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = read_metrics(moons / "run")
+    assert metrics["status"] == "completed", metrics
+    assert metrics["epochs"] == 4 and metrics["steps"] == 4 * 256 // 8
+    assert metrics["parameters"] == (2 * 4 + 4) + (4 + 1)  # 2 → 4 → 1
+    # Validation and test read the same 256 points; both of the last epoch's weights.
+    assert metrics["test/loss"] == pytest.approx(metrics["val/loss"], rel=1e-5)
+    assert metrics["test/acc"] == pytest.approx(metrics["val/acc"])
+    # It learns: from about 0.24 untrained to 0.12, and 85 % of the points on their side.
+    assert metrics["test/loss"] < 0.15 and metrics["test/acc"] > 0.8
+    events = images(moons / "run")
+    surfaces = events.Images("pictures/output_surface")
+    assert [image.step for image in surfaces] == [0, 32, 64, 96, 128]  # the start, each epoch's end
+    assert all(image.width == 450 and image.height == 400 for image in surfaces)
+    (hidden,) = events.Images("pictures/hidden_activations")
+    # 8 of the 256 inputs, 4 units: a row of 50 pixels each below a 100-pixel margin.
+    assert hidden.step == 128 and hidden.height == 100 + 8 * 50 and hidden.width == 120 + 4 * 70
+
+
+@pytest.mark.parametrize(("wrong", "said"), [
+    ("data.noise=-1", "data (moons.TwoMoons): noise must be >= 0, not -1"),
+    ("+data.gate=xor", "data (moons.TwoMoons): TwoMoons.__init__() got an unexpected keyword "
+                       "argument 'gate'"),
+])  # fmt: skip
+def test_a_wrong_value_of_ones_own_dataset_is_refused_in_one_line(moons, wrong, said):
+    proc = run_module("src.train", "--config-dir", "conf", "+experiment=xor", "data=moons", wrong,
+                      "hydra.run.dir=run", cwd=moons)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    # Lightning's notice of the seed comes first: the data are built once the run is seeded.
+    lines = [line for line in output.splitlines() if line.strip() and "Seed set to" not in line]
+    assert len(lines) == 1 and lines[0].endswith(f"[ERROR] - {said}"), output
+    assert not (moons / "run").exists()  # refused: no run directory left behind
