@@ -4,6 +4,7 @@ work is said in one line, with exit status 2, as every other bad input is (src/e
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,6 +136,30 @@ def search_path(args: list[str], overrides) -> list[Path] | None:
                     return None
                 roots.append(Path(str(entry).removeprefix("file://")))
     return roots
+
+
+# `--help`'s group lines: the indent, the label's and the options' columns, the line's width.
+HELP_INDENT, HELP_LABEL, HELP_OPTIONS, HELP_WIDTH = 2, 16, 28, 100
+
+
+def help_group(group: str, note: str = "") -> str:
+    """The line of `--help` (conf/hydra/help/train.yaml) for a config group: its options in every
+    folder of Hydra's search path, conf/ and those the command line adds (`--config-dir`,
+    `hydra.searchpath=[file://...]`), so that an option of one's own is listed without an edit
+    here; a `+` where the config chooses none by default; and `note`, what the group is for."""
+    from hydra.core.hydra_config import HydraConfig
+
+    runtime = HydraConfig.get().runtime
+    folders = [Path(source.path) / group for source in runtime.config_sources
+               if source.schema == "file"]  # fmt: skip
+    options = sorted({path.stem for folder in folders for path in folder.glob("*.yaml")})
+    label = f"{group}:" if group in runtime.choices else f"+{group}:"
+    width = HELP_WIDTH - HELP_INDENT - HELP_LABEL
+    lines = textwrap.wrap(", ".join(options), width=width, break_on_hyphens=False) or [""]
+    if note:
+        lines[-1] = f"{lines[-1]:<{HELP_OPTIONS}}  {note}"
+    indent = " " * (HELP_INDENT + HELP_LABEL)
+    return f"{label:<{HELP_LABEL}}" + f"\n{indent}".join(lines)
 
 
 def missing_extra(args: list[str]) -> str | None:

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from src.command_line import help_group
 from src.errors import ConfigError, InputError
 from src.job_names import job_dirname
 
@@ -454,6 +455,7 @@ def register() -> None:
     )
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("help_group", help_group, replace=True)  # --help's lines
     store = ConfigStore.instance()
     # Under schema/ rather than in the groups themselves, so that Hydra's list of a group's
     # options (shown for a typo like optimizer=sgdd) holds only the real choices.

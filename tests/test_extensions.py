@@ -1,6 +1,7 @@
-"""What a user adds without touching the project: a dataset for the gate nets as one .py and one
-.yaml in a config folder of their own, trained by the real `python -m src.train` from the folder
-holding the .py, with its pictures; a wrong value in it refused in one line."""
+"""What a user adds without touching the project: a dataset for the gate nets, or a network, as
+one .py and one .yaml in a config folder of their own, trained by the real `python -m src.train`
+from the folder holding the .py, with its pictures, and listed by `--help`; a wrong value in it
+refused in one line."""
 
 import os
 import subprocess
@@ -54,6 +55,22 @@ batch_size: 8
 """
 
 
+NET_PY = """
+from torch import nn
+
+
+class WideGate(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(2, width), nn.Tanh(), nn.Linear(width, 1), nn.Sigmoid()
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+"""
+
+
 def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` as a user runs it from `cwd`: Hydra's short errors."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -68,6 +85,17 @@ def moons(tmp_path) -> Path:
     (tmp_path / "moons.py").write_text(MOONS_PY)
     (tmp_path / "conf" / "data").mkdir(parents=True)
     (tmp_path / "conf" / "data" / "moons.yaml").write_text(MOONS_YAML)
+    return tmp_path
+
+
+@pytest.fixture
+def wide_gate(tmp_path) -> Path:
+    """tmp_path holding wide_gate.py, and conf/model/net/wide_gate.yaml naming its class."""
+    (tmp_path / "wide_gate.py").write_text(NET_PY)
+    (tmp_path / "conf" / "model" / "net").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "net" / "wide_gate.yaml").write_text(
+        "_target_: wide_gate.WideGate\nwidth: 6\n"
+    )
     return tmp_path
 
 
@@ -115,3 +143,46 @@ def test_a_wrong_value_of_ones_own_dataset_is_refused_in_one_line(moons, wrong, 
     lines = [line for line in output.splitlines() if line.strip() and "Seed set to" not in line]
     assert len(lines) == 1 and lines[0].endswith(f"[ERROR] - {said}"), output
     assert not (moons / "run").exists()  # refused: no run directory left behind
+
+
+@pytest.mark.slow
+def test_a_network_of_ones_own_trains_as_a_named_option_and_draws_its_pictures(wide_gate):
+    proc = run_module("src.train", "--config-dir", "conf", "+experiment=nand",
+                      "model/net=wide_gate", "data.steps_per_epoch=100", "trainer.max_steps=200",
+                      "hydra.run.dir=run", cwd=wide_gate)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = read_metrics(wide_gate / "run")
+    assert metrics["status"] == "completed", metrics
+    assert metrics["steps"] == 200 and metrics["epochs"] == 2
+    assert metrics["parameters"] == (2 * 6 + 6) + (6 + 1)  # 2 → 6 → 1
+    assert metrics["test/loss"] < metrics["first_loss"]
+    assert metrics["test/loss"] == pytest.approx(metrics["val/loss"], rel=1e-5)
+    events = images(wide_gate / "run")
+    assert [image.step for image in events.Images("pictures/output_surface")] == [0, 100, 200]
+    (hidden,) = events.Images("pictures/hidden_activations")
+    assert hidden.step == 200 and hidden.width == 120 + 6 * 70 and hidden.height == 100 + 4 * 50
+
+
+def test_a_wrong_value_of_ones_own_network_is_refused_in_one_line(wide_gate):
+    proc = run_module("src.train", "--config-dir", "conf", "+experiment=nand",
+                      "model/net=wide_gate", "+model.net.depth=2", "hydra.run.dir=run",
+                      cwd=wide_gate)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    lines = [line for line in output.splitlines() if line.strip() and "Seed set to" not in line]
+    said = "model.net (wide_gate.WideGate): WideGate.__init__() got an unexpected keyword argument"
+    assert len(lines) == 1 and lines[0].endswith(f"[ERROR] - {said} 'depth'"), output
+    assert not (wide_gate / "run").exists()
+
+
+def test_help_lists_the_options_of_ones_own_config_folder(moons, wide_gate):
+    """The project's help file names no option: each group's line is read from the folders."""
+    proc = run_module("src.train", "--config-dir", "conf", "--help", cwd=moons)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines() if ":" in line}
+    assert lines["data"].split(":", 1)[1].split() == ["fashion_mnist,", "logic_gate,", "mnist,",
+                                                     "moons,", "xor"]  # fmt: skip
+    assert "logic_gate, mlp, wide_gate" in lines["model/net"]
+    # Without the folder, the project's own options only.
+    alone = run_module("src.train", "--help", cwd=moons).stdout
+    assert "moons" not in alone and "wide_gate" not in alone and "logic_gate, mlp\n" in alone
