@@ -5,12 +5,15 @@ Hydra checks every override against them while it composes the config, so `optim
 builds the dataclasses, whose `__post_init__` checks the ranges, before anything heavy is imported.
 
 The YAML files hold the values and pick their schema in their defaults list; a schema holds types
-and ranges, and a default only for a library argument that no YAML sets (Lightning's or PyTorch's
-own default, so that `+trainer.gradient_clip_val=1` or `optimizer.nesterov=true` can be typed).
+and ranges, and a default only for a library argument that no YAML sets, so that
+`trainer.gradient_clip_val=1` or `optimizer.nesterov=true` can be typed: the Trainer's schema is
+made from Lightning's own signature, its names, types and defaults.
 """
 
+import ast
 import dataclasses
 import difflib
+import importlib.util
 import math
 import uuid
 import zipfile
@@ -259,49 +262,59 @@ def is_batch_limit(value) -> bool:
     return (is_count(value) and value >= 0) or (isinstance(value, float) and 0 <= value <= 1)
 
 
-@dataclass
-class TrainerSchema:
-    """Lightning's Trainer arguments, typed; the defaults are Lightning's own."""
+# Lightning's Trainer signature is read from its source file, not imported: importing Lightning
+# takes seconds (6.4 s on this repository's machine, this module 0.25 s), and a command line is
+# checked before it. tests/test_config.py holds the fields to the signature Python reads.
+TRAINER_SOURCE = ("lightning", "pytorch", "trainer", "trainer.py")  # lightning.pytorch.Trainer's
+BUILT_ELSEWHERE = ("logger", "callbacks")  # the logger/ and callbacks/ groups, src/train.py
+# A type OmegaConf can check where Lightning's annotation is a union of numbers: a float holds
+# both, and means the same to Lightning here (unlike limit_*_batches, where 1 and 1.0 differ).
+TRAINER_TYPES = {"gradient_clip_val": float | None}
+PLAIN_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
-    _target_: str = MISSING
-    default_root_dir: str | None = None
-    accelerator: str = "auto"
-    strategy: str = "auto"
-    devices: Any = "auto"
-    num_nodes: int = 1
-    precision: Any = None
-    fast_dev_run: Any = False
-    max_epochs: int | None = None
-    min_epochs: int | None = None
-    max_steps: int = -1
-    min_steps: int | None = None
-    max_time: Any = None
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    limit_predict_batches: Any = None
-    overfit_batches: Any = 0.0
-    val_check_interval: Any = None
-    check_val_every_n_epoch: int | None = 1
-    num_sanity_val_steps: int | None = None
-    log_every_n_steps: int | None = None
-    enable_checkpointing: bool | None = None
-    enable_progress_bar: bool | None = None
-    enable_model_summary: bool | None = None
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = None
-    gradient_clip_algorithm: str | None = None
-    deterministic: Any = None
-    benchmark: bool | None = None
-    inference_mode: bool = True
-    use_distributed_sampler: bool = True
-    profiler: Any = None  # a name, or a node building one of Lightning's profilers
-    detect_anomaly: bool = False
-    barebones: bool = False
-    sync_batchnorm: bool = False
-    reload_dataloaders_every_n_epochs: int = 0
-    enable_autolog_hparams: bool = True
-    plugins: Any = None
+
+def union_members(annotation: ast.expr) -> list[str]:
+    """The types an annotation allows, as written: `Optional[Union[int, float]]` is int, float,
+    None."""
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        return union_members(annotation.left) + union_members(annotation.right)
+    outer = ast.unparse(annotation.value) if isinstance(annotation, ast.Subscript) else None
+    if outer not in ("Optional", "Union"):
+        return [ast.unparse(annotation)]
+    inner = annotation.slice
+    members = [m for e in getattr(inner, "elts", [inner]) for m in union_members(e)]
+    return members + ["None"] if outer == "Optional" else members
+
+
+def omegaconf_type(annotation: ast.expr, default) -> Any:
+    """An annotation as OmegaConf can check it: one plain type, or None too; anything else (a
+    union of types, a class, an alias) Any."""
+    members = union_members(annotation)
+    kinds = [m for m in members if m != "None"]
+    if len(kinds) != 1 or kinds[0] not in PLAIN_TYPES:
+        return Any
+    kind = PLAIN_TYPES[kinds[0]]
+    return kind | None if "None" in members or default is None else kind
+
+
+def trainer_fields() -> list[tuple[str, Any, Any]]:
+    """Lightning's Trainer arguments as dataclass fields: name, type, Lightning's own default."""
+    root = Path(importlib.util.find_spec(TRAINER_SOURCE[0]).submodule_search_locations[0])
+    tree = ast.parse(root.joinpath(*TRAINER_SOURCE[1:]).read_text(encoding="utf-8"))
+    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    init = next(n for n in trainer.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    fields = []
+    for arg, default_node in zip(init.args.kwonlyargs, init.args.kw_defaults, strict=True):
+        if arg.arg in BUILT_ELSEWHERE:
+            continue
+        default = ast.literal_eval(default_node)
+        kind = TRAINER_TYPES.get(arg.arg) or omegaconf_type(arg.annotation, default)
+        fields.append((arg.arg, kind, default))
+    return fields
+
+
+class TrainerChecks:
+    """The ranges of the Trainer arguments, checked before Lightning is imported."""
 
     def __post_init__(self):
         one_of("trainer.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
@@ -360,6 +373,14 @@ class TrainerSchema:
         one_of("trainer.deterministic", self.deterministic, (True, False, "warn", None))
         if not isinstance(self.profiler, dict):  # a node is built from its _target_
             one_of("trainer.profiler", self.profiler, ("simple", "advanced", "pytorch", None))
+
+
+TrainerSchema = dataclasses.make_dataclass(
+    "TrainerSchema",
+    [("_target_", str, MISSING), *trainer_fields()],
+    bases=(TrainerChecks,),
+    namespace={"__module__": __name__, "__doc__": "Lightning's Trainer arguments, typed."},
+)
 
 
 # --- callbacks ----------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The Hydra configs compose into what the README promises, overrides included."""
 
+import dataclasses
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -7,7 +9,15 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from src.config import ACTIVATIONS, DATASETS, GATES, register, validate
+from src.config import (
+    ACTIVATIONS,
+    BUILT_ELSEWHERE,
+    DATASETS,
+    GATES,
+    TrainerSchema,
+    register,
+    validate,
+)
 from src.data import MNISTDataModule
 from src.data.logic_gates import TRUTH_TABLES
 from src.data.mnist import DATASETS as DATASET_CLASSES
@@ -130,6 +140,19 @@ def test_trainer_flags_lightning_documents_are_typed():
     unknown = compose_train("+experiment=mnist_sgd", "+trainer.foo=1", "paths.output_dir=/tmp")
     with pytest.raises(ValueError, match="trainer.foo is not a setting"):
         validate(unknown)
+
+
+def test_the_trainer_schema_is_lightnings_signature():
+    """Every Trainer argument but those the logger/ and callbacks/ groups build, with Lightning's
+    own default, as `inspect` reads them from the imported class."""
+    import inspect
+
+    import lightning.pytorch as pl
+
+    signature = inspect.signature(pl.Trainer.__init__).parameters.values()
+    wanted = {p.name: p.default for p in signature if p.name not in ("self", *BUILT_ELSEWHERE)}
+    fields = {f.name: f.default for f in dataclasses.fields(TrainerSchema) if f.name != "_target_"}
+    assert fields == wanted
 
 
 @pytest.mark.parametrize("name", ["none", "cosine", "onecycle", "step", "plateau"])
