@@ -2,7 +2,9 @@
 
 Hydra checks every override against them while it composes the config, so `optimizer.lr=abc`,
 `optimizer.lrr=0.1` or `+trainer.foo=1` fail with Hydra's message naming the key. `validate` then
-builds the dataclasses, whose `__post_init__` checks the ranges, before anything heavy is imported.
+builds the dataclasses, whose `__post_init__` checks the ranges, before anything heavy is imported;
+last it builds the optimizer and its schedule once on a stand-in weight, so that a value PyTorch's
+own checks refuse is one line naming the key even for an optimizer or schedule with no schema.
 
 The YAML files hold the values and pick their schema in their defaults list; a schema holds types
 and ranges, and a default only for a library argument that no YAML sets, so that
@@ -11,10 +13,12 @@ made from Lightning's own signature, its names, types and defaults.
 """
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
 import math
+import re
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -23,11 +27,13 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.command_line import help_group
 from src.errors import ConfigError, InputError
 from src.job_names import job_dirname
+from src.schedules import run_length
 
 # The names a config may use; src/models/activations.py, src/data/*.py map them (a test checks).
 ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "leaky_relu")
@@ -493,6 +499,67 @@ def validate(cfg: DictConfig) -> None:
     OmegaConf.to_object(cfg)  # builds each schema's dataclass, which runs its __post_init__
     if cfg.get("ckpt_path"):
         check_checkpoint(Path(cfg.ckpt_path))
+    build_optimizer_once(cfg)
+
+
+def build_optimizer_once(cfg: DictConfig) -> None:
+    """Build the optimizer on a stand-in weight and its schedule on it, and take a step of each:
+    a value PyTorch refuses, of an optimizer or schedule with no schema here too (a new one is
+    one YAML file), is then one line naming the key, before any data is read."""
+    import torch  # here, after the checks that need no torch
+    from hydra.utils import instantiate
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    weight.grad = torch.zeros(1)  # so that the step computes with every value
+    with refused_naming_the_key("optimizer", cfg.optimizer):
+        optimizer = instantiate(cfg.optimizer)([weight])
+        optimizer.step()
+    if not cfg.scheduler:
+        return
+    node = cfg.scheduler.schedule
+    with refused_naming_the_key("scheduler.schedule", node):
+        schedule = instantiate(node)
+        # A stand-in length for one that runs over the whole run (src/schedules.py).
+        scheduler = schedule(optimizer, **run_length(schedule, 100))
+        optimizer.step()
+        # Lightning hands ReduceLROnPlateau the monitored value; any number stands in for it.
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(0.0)
+        else:
+            scheduler.step()
+
+
+@contextlib.contextmanager
+def refused_naming_the_key(key: str, node: DictConfig):
+    """Building and stepping the config's `key` (its `node`): a value its class refuses, at its
+    __init__ (which Hydra wraps in InstantiationException) or at its first step (where a schedule
+    first computes with its own), said in one line naming the key and the class, e.g.
+    `optimizer.lr (torch.optim.RMSprop): Invalid learning rate: -1`. Anything else, as a _target_
+    that does not exist, keeps its own words and traceback."""
+    try:
+        yield
+    except (TypeError, ValueError, ArithmeticError, InstantiationException) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        if not isinstance(cause, (TypeError, ValueError, ArithmeticError)):
+            raise
+        said = (str(cause).strip() or type(cause).__name__).splitlines()[0]
+        named = named_key(node, said)
+        where = f"{key}.{named}" if named else key
+        raise ConfigError(f"{where} ({node.get('_target_')}): {said}") from None
+
+
+def named_key(node: DictConfig, said: str) -> str | None:
+    """The one setting of `node` a message is about: the one it names (`Invalid momentum value`),
+    or else the one whose value it quotes (`Invalid learning rate: -1`); None if not just one."""
+    words = set(re.findall(r"[\w.+-]+", said.lower()))
+    settings = {k: v for k, v in node.items() if not str(k).startswith("_")}
+    for found in (
+        [k for k in settings if str(k).lower() in words],
+        [k for k, v in settings.items() if str(v).lower() in words],
+    ):
+        if len(found) == 1:
+            return str(found[0])
+    return None
 
 
 def refuse_unknown_keys(node: DictConfig, path: str = "") -> None:

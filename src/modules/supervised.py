@@ -2,7 +2,6 @@
 learning-rate schedule."""
 
 import functools
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -14,6 +13,7 @@ from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassCalibrationError
 
 from src.errors import InputError
+from src.schedules import run_length
 
 log = logging.getLogger(__name__)
 
@@ -265,16 +265,11 @@ class SupervisedModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def run_length(self, schedule: functools.partial, interval: str) -> dict[str, int]:
-        """A schedule that runs over the whole run (CosineAnnealingLR's T_max, OneCycleLR's
-        total_steps) and is not given its length gets the run's: steps or epochs by interval."""
+        """The run's length for a schedule that runs over the whole run: steps or epochs by
+        interval."""
         trainer = self.trainer
         total = trainer.estimated_stepping_batches if interval == "step" else trainer.max_epochs
-        wanted = inspect.signature(schedule.func).parameters
-        return {
-            name: int(total)
-            for name in ("T_max", "total_steps")
-            if name in wanted and schedule.keywords.get(name) is None
-        }
+        return run_length(schedule, int(total))
 
 
 class SampleMean(Metric):
