@@ -10,7 +10,6 @@ import gc
 import logging
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -28,27 +27,30 @@ from src.config import register, validate
 from src.console import quiet_console
 from src.errors import ConfigError, InputError
 from src.ranks import in_sweep_job, sweep_job
-from src.records import no_room, read_json, unwritten_file, write_json
 from src.resume import resume_changes, sole_writer
+from src.run_record import (
+    Outcome,
+    failed,
+    fit_metrics,
+    objective,
+    quiet_when_no_room,
+    result,
+    run_record,
+    sweep_reuse,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 register()
-
-FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
-                 "test/ece")  # fmt: skip
-FINISHED = ("completed", "diverged")  # a sweep run again leaves these jobs as they are
-EXIT_STATUS = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": sigterm.EXIT_STATUS}
 
 
 @hydra.main(config_path=str(CONF), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: one run per call (a multirun calls it once per job).
 
-    A single run exits non-zero when it does not complete. In a sweep a job never ends the
-    sweep: its failure is recorded in its metrics.json; a SIGTERM does, after the running job
-    (src/sweep.py). A sweep's job is known by its settings (its directory is named after them):
-    run again with the same hydra.sweep.dir, a finished job is left as it is and an unfinished
-    one continues from its last checkpoint. One process at a time writes a run's directory.
+    What a run's end means for the process and for a sweep run again is src/run_record.py's; a
+    SIGTERM ends a sweep after the running job (src/sweep.py). One process at a time writes a
+    run's directory.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -73,14 +75,9 @@ def main(cfg: DictConfig) -> float:
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) -> float:
     """One run in a directory this process holds: a sweep's finished job is left as it is, an
     unfinished one continues from its last checkpoint."""
-    if in_sweep:
-        previous = read_json(run_dir / "metrics.json") or {}
-        if previous.get("status") in FINISHED and previous.get("overrides") == overrides:
-            log.info("%s finished earlier (%s): left as it is", run_dir, previous["status"])
-            return objective(previous, cfg)
-        if (run_dir / "checkpoints" / "last.ckpt").is_file() and not cfg.ckpt_path:
-            cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
-            log.info("continuing an unfinished job from %s", cfg.ckpt_path)
+    earlier = sweep_reuse(cfg, run_dir, overrides) if in_sweep else None
+    if earlier is not None:
+        return objective(earlier, cfg)
     # A sweep's job is the first rank of the DDP ranks it may start: they get this job alone.
     launcher = HydraConfig.get().mode == RunMode.MULTIRUN
     job = sweep_job(run_dir, cfg.ckpt_path) if launcher else contextlib.nullcontext()
@@ -89,51 +86,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) ->
         with job:
             record = train(cfg, run_dir, overrides)
     except Exception as err:
-        reason = err.__cause__ if isinstance(err, InstantiationException) else err
-        full = no_room(reason)
-        if full is not None:  # nothing more can be written: say so once, keep what is there
-            log.error("%s", no_room_message(full, run_dir))
-            sys.exit(2)
-        if isinstance(reason, InputError) and not in_sweep:
-            # Bad input, not a failed run: say what to fix, and leave no run behind.
-            log.error("%s", reason)
-            remove_refused(run_dir)
-            sys.exit(2)
-        record = {"status": "failed", "error": f"{type(reason).__name__}: {reason}",
-                  "seed": cfg.seed, "overrides": overrides}  # fmt: skip
-        write_json(run_dir / "metrics.json", record)
+        record = failed(err, cfg, run_dir, overrides, in_sweep)  # or exits, on bad input
         if not in_sweep:
             raise
-        log.error("job failed: %s", record["error"])
-    if not in_sweep and record["status"] != "completed":
-        sys.exit(EXIT_STATUS[record["status"]])
-    return objective(record, cfg)
-
-
-def remove_refused(run_dir: Path) -> None:
-    """Remove the directory of a run refused before it began, if it holds only what Hydra wrote
-    before the refusal (.hydra/, train.log): nothing in outputs/ looks like a run that was."""
-    # The other ranks of a torchrun leave their logs too (src/ranks.py).
-    written = {p.name for p in run_dir.iterdir() if not p.match("train_ddp_process_*.log")}
-    if written <= {".hydra", "train.log"}:
-        shutil.rmtree(run_dir)
-        with contextlib.suppress(OSError):  # the day's folder, if this was its only run
-            run_dir.parent.rmdir()
-
-
-def no_room_message(err: OSError, run_dir: Path) -> str:
-    """What to do when the disk is full: which checkpoint, if any, to resume from."""
-    saved = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.name != "last.ckpt")
-    then = f"resume with ckpt_path={saved[0]}" if saved else "run it again"
-    file = unwritten_file(err, run_dir)
-    where = file if file else f"in {run_dir}"
-    return f"no room to write {where} ({err.strerror}): free some space, then {then}"
-
-
-def objective(record: dict, cfg: DictConfig) -> float:
-    """What an optimizing sweeper (Optuna) compares: the experiment's metric; NaN when missing."""
-    value = record.get(cfg.monitor.metric)
-    return float("nan") if value is None else value
+    return result(record, cfg, in_sweep)
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
@@ -141,19 +97,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     load_training_stack()
     import lightning as L
     import torch
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from src.callbacks import (
-        ConfigInCheckpoints,
-        EpochTable,
-        ResumedSettings,
-        StopTogether,
-        stop_asked,
-    )
+    from src.callbacks import ConfigInCheckpoints, ResumedSettings, StopTogether
     from src.checkpoints import check_weights_fit, read_checkpoint, stored_config
     from src.lr_finder import find_learning_rate
-    from src.modules import Diverged
 
     quiet_console()
     # TensorBoard writes from a thread of its own; a full disk is reported by the main thread at
@@ -180,84 +127,55 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     if changes:
         trainer.callbacks.append(ResumedSettings(changes))
 
-    status, error = "completed", None
     start = time.perf_counter()
-    try:
-        if sigterm.received():  # while it was being set up
-            status, error = "interrupted", "stopped by SIGTERM before training"
-        else:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
-                        weights_only=True)  # fmt: skip
-    except Diverged as err:
-        status, error = "diverged", str(err)
-    except SystemExit as err:  # Lightning's way out of fit on SIGTERM (and on Ctrl-C)
-        stop = "SIGTERM" if isinstance(err, SIGTERMException) else "Ctrl-C"
-        status, error = "interrupted", f"stopped by {stop} at step {trainer.global_step}"
-    except MisconfigurationException as err:  # a setting Lightning refuses, e.g. a missing GPU
-        raise InputError(str(err).strip().splitlines()[0]) from None
-    table = next((c for c in trainer.callbacks if isinstance(c, EpochTable)), None)
-    earlier = table.earlier_fit_seconds if table else 0.0  # the fits this one resumed
-    fit_seconds = earlier + time.perf_counter() - start
-    # The table's last row covers a run resumed from its final checkpoint, where fit has no
-    # epoch left to run and so logs nothing.
-    last_epoch = table.rows[-1] if table and table.rows else {}
-    metrics = read_metrics({**last_epoch, **trainer.callback_metrics})
-    # The loss before the first optimizer step (src/modules/supervised.py); a resumed run has it
-    # from its checkpoint.
-    first_loss = getattr(model, "first_loss", None)
-    if first_loss is not None:
-        metrics["first_loss"] = first_loss if math.isfinite(first_loss) else None
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    tested = None
-    if status == "completed" and stop_asked(trainer):  # after fit's last check for one
-        status, error = "interrupted", "stopped by SIGTERM before testing"
-    if status == "completed":
-        # The weights of a file that stays (the last epoch's): src.eval of it gives these numbers.
-        tested = last_ckpt if last_ckpt.is_file() else None
-        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True,
-                     verbose=False)  # fmt: skip
-        if stop_asked(trainer):  # Lightning's test loop runs on through a SIGTERM
-            status, error = "interrupted", "stopped by SIGTERM while testing"
-        else:
-            metrics |= read_metrics(trainer.callback_metrics, prefix="test/")
-
-    record = {
-        **metrics,
-        "seed": cfg.seed,
-        "epochs": trainer.current_epoch,
-        "steps": trainer.global_step,
-        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "fit_seconds": round(fit_seconds, 3),
-        **({"train_seconds": round(table.train_seconds, 3)} if table else {}),
-        "status": status,
-        # Lightning's fast_dev_run (+debug=fdr) checks the code on one batch: no real result.
-        **({"fast_dev_run": True} if trainer.fast_dev_run else {}),
-    }
-    if error:
-        record["error"] = error
-        (log.warning if status == "interrupted" else log.error)(error)
-    if status == "completed":
-        record["tested"] = str(tested.relative_to(run_dir)) if tested else "final weights in memory"
-    if last_ckpt.is_file():
-        record["checkpoint"] = str(last_ckpt.relative_to(run_dir))  # to resume from
+    outcome = fit(trainer, model, datamodule, cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+    metrics = fit_metrics(trainer, model)
+    if outcome.status == "completed":
+        outcome = test(trainer, model, datamodule, run_dir)
+    record = run_record(cfg, run_dir, trainer, model, metrics, outcome, fit_seconds)
     if finding:
         record["lr_find"] = {"suggestion": suggestion, "plot": "lr_find.png"}
     if ckpt:
         record["resumed_from"] = str(ckpt)
         record["changed_on_resume"] = changes  # None: the checkpoint does not say its settings
-    record |= {"monitor": OmegaConf.to_container(cfg.monitor), "overrides": overrides}
-    if not trainer.is_global_zero:
-        return record  # under DDP, rank 0 alone writes the run's files
-    record["settings"] = log_settings(trainer, cfg)
-    write_json(run_dir / "metrics.json", record)
+    return write_record(cfg, run_dir, overrides, trainer, record)
 
-    if table is not None:
-        log.info("results:\n%s", table.render(metrics))
-    if status == "interrupted":
-        then = f"resume with ckpt_path={last_ckpt}" if last_ckpt.is_file() else "run it again"
-        log.info("%s", then)
-    log.info("run directory: %s", run_dir)
-    return record
+
+def fit(trainer, model, datamodule, ckpt_path: str | None) -> Outcome:
+    """Lightning's fit, resumed from `ckpt_path` if given; how it ended."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from src.modules import Diverged
+
+    if sigterm.received():  # while it was being set up
+        return Outcome("interrupted", "stopped by SIGTERM before training")
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Diverged as err:
+        return Outcome("diverged", str(err))
+    except SystemExit as err:  # Lightning's way out of fit on SIGTERM (and on Ctrl-C)
+        stop = "SIGTERM" if isinstance(err, SIGTERMException) else "Ctrl-C"
+        return Outcome("interrupted", f"stopped by {stop} at step {trainer.global_step}")
+    except MisconfigurationException as err:  # a setting Lightning refuses, e.g. a missing GPU
+        raise InputError(str(err).strip().splitlines()[0]) from None
+    return Outcome("completed")
+
+
+def test(trainer, model, datamodule, run_dir: Path) -> Outcome:
+    """Test a completed fit's last weights, those of a file that stays (the last epoch's): src.eval
+    of it gives these numbers. How it ended."""
+    from src.callbacks import stop_asked
+
+    if stop_asked(trainer):  # after fit's last check for one
+        return Outcome("interrupted", "stopped by SIGTERM before testing")
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    tested = last_ckpt if last_ckpt.is_file() else None
+    trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True, verbose=False)
+    if stop_asked(trainer):  # Lightning's test loop runs on through a SIGTERM
+        return Outcome("interrupted", "stopped by SIGTERM while testing")
+    return Outcome("completed", tested=tested)
 
 
 def build(cfg: DictConfig):
@@ -325,16 +243,6 @@ def refused_in_one_line(key: str, node: DictConfig):
         raise
 
 
-def quiet_when_no_room(hook):
-    """A threading.excepthook that leaves a full disk to the main thread to report."""
-
-    def excepthook(args) -> None:
-        if no_room(args.exc_value) is None:
-            hook(args)
-
-    return excepthook
-
-
 def load_training_stack() -> None:
     """Import Lightning and the project's modules, for a run that passed the config checks
     (composing and checking a config needs none of them).
@@ -355,29 +263,6 @@ def load_training_stack() -> None:
     finally:
         gc.freeze()
         gc.enable()
-
-
-def read_metrics(source: dict, prefix: str = "") -> dict[str, float | None]:
-    """The values of FINAL_METRICS found in `source`, as floats; None where not finite."""
-    values = {
-        key: float(source[key]) for key in FINAL_METRICS if key.startswith(prefix) and key in source
-    }
-    return {key: value if math.isfinite(value) else None for key, value in values.items()}
-
-
-def log_settings(trainer, cfg: DictConfig) -> dict:
-    """The run's chosen settings for every logger (TensorBoard's HPARAMS tab, src/loggers.py;
-    MLflow's params; the CSV logger's hparams.yaml); returned for the run's record."""
-    from src.loggers import TensorBoardLogger, chosen_settings
-
-    settings = chosen_settings(cfg)
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_settings(settings)
-        else:
-            logger.log_hyperparams(settings)
-            logger.save()
-    return settings
 
 
 cli = console_script(main)  # the console script primer-train (pyproject.toml)
