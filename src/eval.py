@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.command_line import CONF, console_script, run_command_line
 from src.config import register
 from src.errors import InputError
+from src.names import RECORD
 from src.records import write_json
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     record = {key: float(value) for key, value in results.items()}
     record |= {"ckpt_path": str(ckpt), "status": "completed"}
-    write_json(out_dir / "metrics.json", record)
+    write_json(out_dir / RECORD, record)
     return record
 
 

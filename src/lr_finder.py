@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from src.names import LR_FIND_PLOT
 from src.records import write_png
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,11 @@ def find_learning_rate(cfg: DictConfig, model, datamodule, run_dir: Path) -> flo
     if finder:
         fig = finder.plot(suggest=suggestion is not None, show=False)
         fig.axes[0].set_title(f"learning-rate finder, {STEPS} steps from {MIN_LR:g} to {MAX_LR:g}")
-        write_png(run_dir / "lr_find.png", fig, dpi=100)
+        write_png(run_dir / LR_FIND_PLOT, fig, dpi=100)
         import matplotlib.pyplot as plt
 
         plt.close(fig)  # Lightning draws it with pyplot, which would keep it
     said = f"optimizer.lr={suggestion:.3g}" if suggestion else "nothing (too few steps)"
     log.info("learning-rate finder suggests %s (%s); this run trains at optimizer.lr=%g",
-             said, run_dir / "lr_find.png", cfg.optimizer.lr)  # fmt: skip
+             said, run_dir / LR_FIND_PLOT, cfg.optimizer.lr)  # fmt: skip
     return suggestion

@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from src.console import quiet_console
 from src.events import epoch_curve, load_events
+from src.names import RECORD
 from src.records import read_json, read_overrides, write_png, write_text
 from src.sweep import job_colors, job_dirs, ranked_jobs, write_summary
 
@@ -22,7 +23,7 @@ CURVES = {"loss": ("train/loss", "val/loss"), "accuracy": ("train/acc", "val/acc
 def run_report(run_dir: Path) -> Path:
     """report.md for one run, with curves.png and the run's pictures."""
     events = load_events(run_dir)
-    metrics = read_json(run_dir / "metrics.json") or {}
+    metrics = read_json(run_dir / RECORD) or {}
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, (name, tags) in zip(axes, CURVES.items(), strict=True):
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         sys.exit("usage: python -m src.report <run dir or sweep dir>")
     path = Path(argv[1])
-    if read_json(path / "metrics.json") is not None:
+    if read_json(path / RECORD) is not None:
         report = run_report(path)
     elif job_dirs(path):
         report = sweep_report(path)

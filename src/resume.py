@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
+from src.names import CHECKPOINTS, LAST_CKPT, RECORD
 
 # What the checkpoint holds state for; within them, what only says how (not what) to compute.
 FIXED = ("model.", "data.", "optimizer._target_", "scheduler.schedule._target_",
@@ -83,14 +84,14 @@ class OneRunPerDirectory(Callback):
         make_directory("hydra.run.dir", Path(config.hydra.run.dir))
         run_dir = Path(config.hydra.run.dir).resolve()
         # A refused start leaves only .hydra/ and train.log: not a run to protect.
-        marks = [m for m in ("metrics.json", "checkpoints") if (run_dir / m).exists()]
+        marks = [m for m in (RECORD, CHECKPOINTS) if (run_dir / m).exists()]
         ckpt = config.get("ckpt_path")
         if not marks or (ckpt and run_dir in Path(ckpt).resolve().parents):
             return
         logging.getLogger("src.train").error(
             "hydra.run.dir=%s holds another run (%s): give a new directory, or resume that run "
-            "with ckpt_path=%s/checkpoints/last.ckpt",
-            run_dir, ", ".join(marks), run_dir,
+            "with ckpt_path=%s",
+            run_dir, ", ".join(marks), run_dir / LAST_CKPT,
         )  # fmt: skip
         sys.exit(2)
 

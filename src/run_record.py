@@ -21,12 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import sigterm
 from src.errors import InputError
+from src.names import CHECKPOINTS, FINAL_METRICS, LAST_CKPT, RECORD
 from src.records import no_room, read_json, unwritten_file, write_json
 
 log = logging.getLogger(__name__)
 
-FINAL_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
-                 "test/ece")  # fmt: skip
 FINISHED = ("completed", "diverged")  # a sweep run again leaves these jobs as they are
 EXIT_STATUS = {"completed": 0, "diverged": 1, "failed": 1, "interrupted": sigterm.EXIT_STATUS}
 
@@ -44,12 +43,12 @@ class Outcome:
 def sweep_reuse(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict | None:
     """A sweep's job run again: its record when it finished with these settings, to be left as it
     is; else None, with `cfg.ckpt_path` set to its last checkpoint when it left one."""
-    previous = read_json(run_dir / "metrics.json") or {}
+    previous = read_json(run_dir / RECORD) or {}
     if previous.get("status") in FINISHED and previous.get("overrides") == overrides:
         log.info("%s finished earlier (%s): left as it is", run_dir, previous["status"])
         return previous
-    if (run_dir / "checkpoints" / "last.ckpt").is_file() and not cfg.ckpt_path:
-        cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+    if (run_dir / LAST_CKPT).is_file() and not cfg.ckpt_path:
+        cfg.ckpt_path = str(run_dir / LAST_CKPT)
         log.info("continuing an unfinished job from %s", cfg.ckpt_path)
     return None
 
@@ -70,7 +69,7 @@ def failed(err: Exception, cfg: DictConfig, run_dir: Path, overrides: list[str],
         sys.exit(2)
     record = {"status": "failed", "error": f"{type(reason).__name__}: {reason}",
               "seed": cfg.seed, "overrides": overrides}  # fmt: skip
-    write_json(run_dir / "metrics.json", record)
+    write_json(run_dir / RECORD, record)
     if in_sweep:
         log.error("job failed: %s", record["error"])
     return record
@@ -97,7 +96,7 @@ def remove_refused(run_dir: Path) -> None:
 
 def no_room_message(err: OSError, run_dir: Path) -> str:
     """What to do when the disk is full: which checkpoint, if any, to resume from."""
-    saved = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.name != "last.ckpt")
+    saved = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.name != LAST_CKPT.name)
     then = f"resume with ckpt_path={saved[0]}" if saved else "run it again"
     file = unwritten_file(err, run_dir)
     where = file if file else f"in {run_dir}"
@@ -176,9 +175,8 @@ def run_record(cfg: DictConfig, run_dir: Path, trainer, model, metrics: dict, ou
     if outcome.status == "completed":
         tested = outcome.tested
         record["tested"] = str(tested.relative_to(run_dir)) if tested else "final weights in memory"
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if last_ckpt.is_file():
-        record["checkpoint"] = str(last_ckpt.relative_to(run_dir))  # to resume from
+    if (run_dir / LAST_CKPT).is_file():
+        record["checkpoint"] = str(LAST_CKPT)  # to resume from
     return record
 
 
@@ -190,11 +188,11 @@ def write_record(cfg: DictConfig, run_dir: Path, overrides: list[str], trainer,
     if not trainer.is_global_zero:
         return record  # under DDP, rank 0 alone writes the run's files
     record["settings"] = log_settings(trainer, cfg)
-    write_json(run_dir / "metrics.json", record)
+    write_json(run_dir / RECORD, record)
     table = epoch_table(trainer)
     if table is not None:
         log.info("results:\n%s", table.render(record))  # its test metrics
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    last_ckpt = run_dir / LAST_CKPT
     if record["status"] == "interrupted":
         then = f"resume with ckpt_path={last_ckpt}" if last_ckpt.is_file() else "run it again"
         log.info("%s", then)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from src import sigterm
 from src.events import epoch_curve, load_events
+from src.names import RECORD
 from src.records import read_json, read_overrides, write_png, write_text
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
     missing, empty or corrupt is `unfinished` (a sweep run again trains it again)."""
     jobs = []
     for job_dir in job_dirs(sweep_dir):
-        record = read_json(job_dir / "metrics.json") or {"status": "unfinished"}
+        record = read_json(job_dir / RECORD) or {"status": "unfinished"}
         overrides = read_overrides(job_dir)
         overrides = [job_dir.name] if overrides is None else overrides
         if record.get("train_seconds") and record.get("epochs"):

@@ -26,6 +26,7 @@ from src.command_line import CONF, console_script, run_command_line
 from src.config import register, validate
 from src.console import quiet_console
 from src.errors import ConfigError, InputError
+from src.names import LAST_CKPT, LR_FIND_PLOT
 from src.ranks import in_sweep_job, sweep_job
 from src.resume import resume_changes, sole_writer
 from src.run_record import (
@@ -135,7 +136,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         outcome = test(trainer, model, datamodule, run_dir)
     record = run_record(cfg, run_dir, trainer, model, metrics, outcome, fit_seconds)
     if finding:
-        record["lr_find"] = {"suggestion": suggestion, "plot": "lr_find.png"}
+        record["lr_find"] = {"suggestion": suggestion, "plot": LR_FIND_PLOT}
     if ckpt:
         record["resumed_from"] = str(ckpt)
         record["changed_on_resume"] = changes  # None: the checkpoint does not say its settings
@@ -170,7 +171,7 @@ def test(trainer, model, datamodule, run_dir: Path) -> Outcome:
 
     if stop_asked(trainer):  # after fit's last check for one
         return Outcome("interrupted", "stopped by SIGTERM before testing")
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    last_ckpt = run_dir / LAST_CKPT
     tested = last_ckpt if last_ckpt.is_file() else None
     trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True, verbose=False)
     if stop_asked(trainer):  # Lightning's test loop runs on through a SIGTERM

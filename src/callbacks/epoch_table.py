@@ -5,6 +5,8 @@ import time
 
 import lightning as L
 
+from src.names import FINAL_METRICS
+
 COLUMNS = (
     ("train/loss", "loss"),
     ("train/acc", "train acc"),
@@ -72,7 +74,7 @@ class EpochTable(L.Callback):
         if every > 1:
             lines.append(f"({len(rows)} of {len(self.rows)} epochs: the first, the last and one "
                          f"in {every}; the logged curves have them all)")  # fmt: skip
-        for key in ("test/loss", "test/acc", "test/ece"):
+        for key in (k for k in FINAL_METRICS if k.startswith("test/")):
             if key in test:
                 lines.append(f"{key}: {format_metric(key, test[key])}")
         return "\n".join(lines)
