@@ -7,15 +7,20 @@ checkpoint or run folder from someone else runs no code of theirs. Nor does its 
 anything here: it may refer to its own keys but call no resolver (`${oc.env:...}` would read this
 machine's environment), and each object's keys are checked against its class's signature. A config
 that cannot be built is refused in one line naming the file and the key, before anything is built.
+
+A run reads its checkpoint once: what it resumes from is what was checked.
 """
 
 import importlib
 import inspect
 import io
+import logging
 import re
 import types
 import typing
 import warnings
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,15 +28,22 @@ from lightning.fabric.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from src.config import check_checkpoint, run_config
-from src.errors import InputError
+from src.errors import ConfigError, InputError
 from src.records import write_text
+from src.resume import resume_changes
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer and reader, but each checkpoint goes to a temporary file
     beside it and is renamed into place: a full disk or a crash mid-write leaves the previous one
-    whole (Lightning writes in place), and the error names the file. Every read is weights-only."""
+    whole (Lightning writes in place), and the error names the file. Every read is weights-only,
+    and the checkpoint a run read before its fit (`hand_over`) is not read from its file again."""
+
+    def __init__(self):
+        super().__init__()
+        self.handed: tuple[Path, dict] | None = None
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
@@ -46,10 +58,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         ask for it, and Lightning's own reads that do not (Tuner.lr_find restoring the model it
         probed) would otherwise leave it to PyTorch's default, which an environment variable
         (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) turns off."""
+        if self.handed is not None and Path(path) == self.handed[0]:
+            checkpoint, self.handed = self.handed[1], None  # Lightning's to change as it restores
+            return checkpoint
         return super().load_checkpoint(path, *args, **{**kwargs, "weights_only": True})
 
 
-TRUSTED = ("src.", "torch.nn.", "torch.optim.")
+def check_checkpoint(path: Path) -> None:
+    """A Lightning checkpoint is a torch.save zip archive; anything else is refused here."""
+    if path.is_dir():
+        raise ConfigError(f"ckpt_path={path} is a directory: give the path of a .ckpt file")
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist: give the path of a .ckpt file")
+    if not zipfile.is_zipfile(path) or not any(
+        name.endswith("/data.pkl") for name in zipfile.ZipFile(path).namelist()
+    ):
+        raise ConfigError(f"ckpt_path={path} is not a PyTorch/Lightning checkpoint")
+
+
+def run_config(ckpt: Path) -> tuple[DictConfig, Path]:
+    """The composed config of the run that wrote `ckpt` (its model and data settings), and the
+    file it was read from."""
+    path = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise InputError(
+            f"{path} not found: use a checkpoint inside the run directory that training wrote "
+            "it to (its .hydra/config.yaml says which model and data it used)"
+        )
+    try:
+        config = OmegaConf.load(path)
+    except Exception as err:  # YAML's or OmegaConf's own words for what is wrong
+        reason = str(err).strip().splitlines()[0]
+        raise InputError(f"{path} is not a readable run config ({reason})") from None
+    if not isinstance(config, DictConfig):
+        raise InputError(f"{path} is not a run config (not a mapping of settings)")
+    return config, path
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -90,6 +133,40 @@ def check_weights_fit(checkpoint: dict, module, path: Path) -> None:
             f"ckpt_path={path} holds the weights of another network ({first}{shapes}): use it "
             "with the settings of the run that wrote it"
         )
+
+
+@dataclass
+class Resume:
+    """The checkpoint a run continues from, read and checked, and the settings the run changes
+    (None: the checkpoint does not say its settings)."""
+
+    path: Path
+    checkpoint: dict
+    changes: dict[str, list] | None
+
+
+def resume_from(cfg: DictConfig) -> Resume | None:
+    """The run's `ckpt_path`, read and its settings compared with the run's; None for a new run."""
+    if not cfg.get("ckpt_path"):
+        return None
+    path = Path(cfg.ckpt_path)
+    checkpoint = read_checkpoint(path)
+    # The config it keeps is only compared with this run's, as written: never resolved, never built.
+    changes = resume_changes(cfg, stored_config(checkpoint, path), path)
+    if changes:
+        listed = ", ".join(f"{key}: {then} → {now}" for key, (then, now) in changes.items())
+        log.info("resuming with changed settings: %s", listed)
+    return Resume(path, checkpoint, changes)
+
+
+def hand_over(resume: Resume, trainer) -> None:
+    """Give the trainer's checkpoint reader the checkpoint already read, so that fit restores what
+    was checked; a reader other than AtomicCheckpointIO (a config's own) reads the file itself."""
+    if isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+        trainer.strategy.checkpoint_io.handed = (resume.path, resume.checkpoint)
+
+
+TRUSTED = ("src.", "torch.nn.", "torch.optim.")
 
 
 def check_targets(node, allow: list[str], path: str) -> None:

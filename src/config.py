@@ -20,7 +20,6 @@ import importlib.util
 import math
 import re
 import uuid
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from hydra.errors import InstantiationException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.command_line import help_group
-from src.errors import ConfigError, InputError
+from src.errors import ConfigError
 from src.job_names import job_dirname
 from src.schedules import run_length
 
@@ -493,12 +492,10 @@ def register() -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check that every typed node holds only its own keys, within their ranges, and that
-    `ckpt_path` is a checkpoint file."""
+    """Check that every typed node holds only its own keys, within their ranges (a `ckpt_path`
+    is checked where it is read, src/checkpoints.py)."""
     refuse_unknown_keys(cfg)
     OmegaConf.to_object(cfg)  # builds each schema's dataclass, which runs its __post_init__
-    if cfg.get("ckpt_path"):
-        check_checkpoint(Path(cfg.ckpt_path))
     build_optimizer_once(cfg)
 
 
@@ -575,34 +572,3 @@ def refuse_unknown_keys(node: DictConfig, path: str = "") -> None:
             raise ConfigError(f"{name} is not a setting: {hint}")
         if isinstance(value, DictConfig):
             refuse_unknown_keys(value, f"{name}.")
-
-
-def check_checkpoint(path: Path) -> None:
-    """A Lightning checkpoint is a torch.save zip archive; anything else is refused here."""
-    if path.is_dir():
-        raise ConfigError(f"ckpt_path={path} is a directory: give the path of a .ckpt file")
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={path} does not exist: give the path of a .ckpt file")
-    if not zipfile.is_zipfile(path) or not any(
-        name.endswith("/data.pkl") for name in zipfile.ZipFile(path).namelist()
-    ):
-        raise ConfigError(f"ckpt_path={path} is not a PyTorch/Lightning checkpoint")
-
-
-def run_config(ckpt: Path) -> tuple[DictConfig, Path]:
-    """The composed config of the run that wrote `ckpt` (its model and data settings), and the
-    file it was read from."""
-    path = ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise InputError(
-            f"{path} not found: use a checkpoint inside the run directory that training wrote "
-            "it to (its .hydra/config.yaml says which model and data it used)"
-        )
-    try:
-        config = OmegaConf.load(path)
-    except Exception as err:  # YAML's or OmegaConf's own words for what is wrong
-        reason = str(err).strip().splitlines()[0]
-        raise InputError(f"{path} is not a readable run config ({reason})") from None
-    if not isinstance(config, DictConfig):
-        raise InputError(f"{path} is not a run config (not a mapping of settings)")
-    return config, path

@@ -28,7 +28,7 @@ from src.console import quiet_console
 from src.errors import ConfigError, InputError
 from src.names import LAST_CKPT, LR_FIND_PLOT
 from src.ranks import in_sweep_job, sweep_job
-from src.resume import resume_changes, sole_writer
+from src.resume import sole_writer
 from src.run_record import (
     Outcome,
     failed,
@@ -100,33 +100,28 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     import torch
 
     from src.callbacks import ConfigInCheckpoints, ResumedSettings, StopTogether
-    from src.checkpoints import check_weights_fit, read_checkpoint, stored_config
+    from src.checkpoints import check_weights_fit, hand_over, resume_from
     from src.lr_finder import find_learning_rate
 
     quiet_console()
     # TensorBoard writes from a thread of its own; a full disk is reported by the main thread at
     # its next write, once, not also as that thread's traceback.
     threading.excepthook = quiet_when_no_room(threading.excepthook)
-    ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    checkpoint = read_checkpoint(ckpt) if ckpt else None
-    # The config it keeps is only compared with this run's, as written: never resolved, never built.
-    changes = resume_changes(cfg, stored_config(checkpoint, ckpt), ckpt) if checkpoint else None
-    if changes:
-        listed = ", ".join(f"{key}: {then} → {now}" for key, (then, now) in changes.items())
-        log.info("resuming with changed settings: %s", listed)
+    resume = resume_from(cfg)  # None: a new run
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
-    if checkpoint:
-        check_weights_fit(checkpoint, model, ckpt)  # a network it does not fit: one line
+    if resume:
+        check_weights_fit(resume.checkpoint, model, resume.path)  # another network's: one line
+        hand_over(resume, trainer)
     # Before the run's own callbacks see anything; a resumed run has its learning rate already.
-    finding = cfg.lr_find and not checkpoint
+    finding = cfg.lr_find and not resume
     suggestion = find_learning_rate(cfg, model, datamodule, run_dir) if finding else None
     trainer.callbacks.append(ConfigInCheckpoints(OmegaConf.to_container(cfg, resolve=False)))
     trainer.callbacks.append(StopTogether())  # under DDP, a SIGTERM to one rank stops all
-    if changes:
-        trainer.callbacks.append(ResumedSettings(changes))
+    if resume and resume.changes:
+        trainer.callbacks.append(ResumedSettings(resume.changes))
 
     start = time.perf_counter()
     outcome = fit(trainer, model, datamodule, cfg.get("ckpt_path"))
@@ -137,9 +132,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     record = run_record(cfg, run_dir, trainer, model, metrics, outcome, fit_seconds)
     if finding:
         record["lr_find"] = {"suggestion": suggestion, "plot": LR_FIND_PLOT}
-    if ckpt:
-        record["resumed_from"] = str(ckpt)
-        record["changed_on_resume"] = changes  # None: the checkpoint does not say its settings
+    if resume:
+        record |= {"resumed_from": str(resume.path), "changed_on_resume": resume.changes}
     return write_record(cfg, run_dir, overrides, trainer, record)
 
 
