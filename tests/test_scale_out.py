@@ -311,7 +311,8 @@ def test_submitit_local_runs_a_grid_and_a_job_it_timed_out_continues_when_run_ag
     assert summary.count(",interrupted,") == 2
 
     slow.unlink()
-    run(submitit, cwd=tmp_path)  # the same sweep again
+    # The same sweep again, with time to finish however loaded the machine (the limit was seen).
+    run([*submitit, "hydra.launcher.timeout_min=10"], cwd=tmp_path)
     finished, uninterrupted = by_lr(tmp_path / "submitit"), by_lr(tmp_path / "basic")
     assert finished == timed_out and sorted(uninterrupted) == ["0.5", "1.0"]
     for lr, job in finished.items():

@@ -145,20 +145,6 @@ def test_summary_lists_every_job_best_first_by_the_experiments_metric(sweep):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-def test_a_gate_sweep_is_ranked_by_its_loss(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(
-        [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
-         "trainer.max_steps=300", "optimizer.lr=0.05,2.0,0.5", f"hydra.sweep.dir={tmp_path}"],
-        cwd=REPO, env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    rows = read_summary(tmp_path)
-    assert list(rows[0])[:2] == ["overrides", "val/loss"]
-    losses = [float(row["val/loss"]) for row in rows]
-    assert losses == sorted(losses)
-    assert {row["val/acc"] for row in rows} <= {"1.0", "0.75", "0.5", "0.25", "0.0"}
-
-
 def test_a_diverging_job_does_not_end_the_sweep(tiny_mnist, tmp_path):
     run_sweep(tiny_mnist, "optimizer.lr=1e6,0.1", f"hydra.sweep.dir={tmp_path}")
     status = {label: row["status"] for label, row in jobs(tmp_path).items()}
@@ -204,6 +190,12 @@ def test_a_sweep_run_again_finds_its_jobs_by_their_settings(tmp_path):
     assert proc.stdout.count("finished earlier (completed): left as it is") == 2
     rows = jobs(tmp_path)
     assert set(rows) == {"optimizer.lr=0.5", "optimizer.lr=0.1", "optimizer.lr=2.0"}
+    # A gate sweep is ranked by its experiment's metric, the loss: lowest first.
+    ranked = read_summary(tmp_path)
+    assert list(ranked[0])[:2] == ["overrides", "val/loss"]
+    losses = [float(row["val/loss"]) for row in ranked]
+    assert losses == sorted(losses)
+    assert {row["val/acc"] for row in ranked} <= {"1.0", "0.75", "0.5", "0.25", "0.0"}
     for label, row in rows.items():
         assert label in read_metrics(tmp_path / row["job"])["overrides"]
     # A finished job's log holds its whole life: its run, then the sweep that left it alone.
