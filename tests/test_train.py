@@ -3,6 +3,7 @@
 import math
 import subprocess
 import sys
+from datetime import datetime
 from subprocess import PIPE
 
 import pytest
@@ -65,6 +66,14 @@ def test_mnist_run_records_metrics_and_files(mnist_run):
     assert len(list((run_dir / "checkpoints").glob("best-epoch*.ckpt"))) == 1
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     log = (run_dir / "train.log").read_text()
+    # The fit took no longer than from the seed to the test's first line: the test's read of the
+    # last checkpoint adds no earlier time.
+    lines = [line for line in log.splitlines() if line.startswith("[")]
+    seeded = next(line for line in lines if "Seed set" in line)
+    fitted = next(line for line in lines if "Restoring states from the checkpoint" in line)
+    took = (datetime.strptime(fitted[1:24], "%Y-%m-%d %H:%M:%S,%f")
+            - datetime.strptime(seeded[1:24], "%Y-%m-%d %H:%M:%S,%f")).total_seconds()  # fmt: skip
+    assert metrics["fit_seconds"] <= took
     assert "results:" in log
     # The model summary the console shows is in the log too, once in each.
     assert log.count("101 K     Trainable params") == proc.stdout.count("Trainable params") == 1

@@ -28,9 +28,13 @@ class EpochTable(L.Callback):
         self.rows: list[dict[str, float]] = []
         self.clock = 0.0
         self.earlier_fit_seconds = 0.0
+        self.loaded_fit_seconds = 0.0  # of the checkpoint read last
         self.fit_started = time.perf_counter()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed fit's checkpoint is read before this hook; the one a test reads after the fit
+        # (the same fit's) adds no earlier time.
+        self.earlier_fit_seconds = self.loaded_fit_seconds
         self.fit_started = time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -56,7 +60,7 @@ class EpochTable(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
-        self.earlier_fit_seconds = state_dict.get("fit_seconds", 0.0)
+        self.loaded_fit_seconds = state_dict.get("fit_seconds", 0.0)
 
     def render(self, test: dict[str, float | None]) -> str:
         """The table as text, with the test metrics underneath; a table of more than MAX_ROWS
