@@ -99,6 +99,15 @@ class SupervisedModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    # A member of a population (src/population.py) logs through the module that holds it, under
+    # a name of its own; alone, None.
+    log_as: Callable | None = None
+
+    def log(self, name: str, value, *args, **kwargs) -> None:
+        if self.log_as is not None:
+            return self.log_as(name, value, *args, **kwargs)
+        return super().log(name, value, *args, **kwargs)
+
     # --- training ---------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:

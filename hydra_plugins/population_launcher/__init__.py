@@ -1,0 +1,1 @@
+"""Hydra launcher plugin: a sweep trained as populations (src/population.py)."""

@@ -1,0 +1,337 @@
+"""A sweep's jobs trained as one population (`hydra/launcher=population`): the jobs that can share
+a training loop are fitted together, in one Lightning fit of a module that holds them all, and
+each leaves the folder it would leave alone.
+
+Who trains together: jobs whose configs are equal but for the optimizer's values (learning rate,
+momentum, weight decay, betas, ...) and the run's name: the same network, data, seed, batch size,
+schedule, trainer and callbacks. A job trains alone, as under the basic launcher, when no other job
+shares its loop, or when it asks for what a population cannot give it (see `alone_because`).
+
+Each member's update is the one it would get alone: the population's optimizer is the members'
+own PyTorch optimizer class with one parameter group per member (each group the member's own
+optimizer's, the same dict), its loss the sum of the members' losses (the gradient of a sum is
+each member's own gradient), its schedule one PyTorch schedule over all groups, which sets each
+group's rate as it would alone. Each member's code runs with its own random-number state.
+
+Each member sees the run it would see alone: its callbacks (checkpoints, pictures, epoch table,
+learning-rate monitor, ...) and loggers get a view of the trainer (`MemberTrainer`) that shows
+its own module, metrics, loggers, optimizer and checkpoints, and its checkpoints are those its
+run alone would write, so that `src.eval`, `src.predict` and a resume alone take them as they are.
+"""
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, run_job
+from omegaconf import DictConfig, OmegaConf
+
+from src import sigterm
+from src.names import LAST_CKPT, RECORD
+from src.records import read_json
+
+log = logging.getLogger(__name__)
+
+# The modules, callbacks and loggers a member may have: ours, whose every hook a member's view of
+# the trainer answers as its run alone would. Anything else (a user's callback with a per-step
+# hook, say) trains alone.
+MODULES = ("src.modules.DigitModule", "src.modules.GateModule")
+CALLBACKS = (
+    "src.callbacks.BestCheckpoint", "src.callbacks.RunCheckpoint", "src.callbacks.CheckpointOnStop",
+    "src.callbacks.EpochProgressBar", "src.callbacks.EpochTable", "src.callbacks.DigitPictures",
+    "src.callbacks.GatePictures", "src.callbacks.TruthTable",
+    "lightning.pytorch.callbacks.ModelSummary", "lightning.pytorch.callbacks.LearningRateMonitor",
+)  # fmt: skip
+LOGGERS = ("src.loggers.TensorBoardLogger", "src.loggers.CSVLogger")
+SEPARATOR = "|"  # a member's logged names: "<index>|train/loss"
+MEMBER = contextvars.ContextVar("member", default=None)  # whose code is running now
+
+
+# --- who trains together ------------------------------------------------------------------------
+
+
+def alone_because(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Why this job cannot be a population's member; None if it can."""
+    previous = read_json(run_dir / RECORD) or {}
+    if previous.get("status") in ("completed", "diverged"):
+        return "it finished earlier"
+    if cfg.get("ckpt_path") or (run_dir / LAST_CKPT).is_file():
+        return "it continues from its own checkpoint"
+    if cfg.get("lr_find"):
+        return "lr_find=true tries learning rates on its own network"
+    trainer = cfg.trainer
+    if trainer.get("devices", 1) not in (1, "1") or trainer.get("num_nodes", 1) != 1:
+        return "it trains on several devices (DDP)"
+    if trainer.get("gradient_clip_val") is not None:
+        return "gradient clipping takes the norm over the whole population's gradients"
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        return "gradient accumulation is left to runs alone"
+    if cfg.model.get("_target_") not in MODULES:
+        return f"its module {cfg.model.get('_target_')} is not one a population can hold"
+    for key, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and node.get("_target_") not in CALLBACKS:
+            return f"its callback {key} ({node.get('_target_')}) would see the whole population"
+    for key, node in (cfg.get("logger") or {}).items():
+        if node is not None and node.get("_target_") not in LOGGERS:
+            return f"its logger {key} ({node.get('_target_')}) is not one a member can have"
+    schedule = (cfg.get("scheduler") or {}).get("schedule") or {}
+    if "ReduceLROnPlateau" in str(schedule.get("_target_")):
+        return "ReduceLROnPlateau follows its own run's metric"
+    return None
+
+
+def loop_key(cfg: DictConfig) -> str:
+    """What members of one population share: the whole config, less the optimizer's values (its
+    class stays) and the run's name."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    plain.pop("name", None)
+    optimizer = plain.get("optimizer") or {}
+    plain["optimizer"] = {k: v for k, v in optimizer.items() if k in ("_target_", "_partial_")}
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def job_dir(cfg: DictConfig) -> Path:
+    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+
+def plan(configs: list[DictConfig]) -> tuple[list[list[int]], dict[int, str]]:
+    """The sweep's populations (lists of job indices, in sweep order) and the jobs that train
+    alone, each with why."""
+    alone, groups = {}, {}
+    for index, cfg in enumerate(configs):
+        reason = alone_because(cfg, job_dir(cfg))
+        if reason:
+            alone[index] = reason
+        else:
+            groups.setdefault(loop_key(cfg), []).append(index)
+    populations = []
+    for members in groups.values():
+        if len(members) == 1:
+            alone[members[0]] = "no other job shares its training loop"
+        else:
+            populations.append(members)
+    return populations, alone
+
+
+def launch(configs: list[DictConfig], hydra_context, task_function) -> list[JobReturn]:
+    """Run the sweep's jobs: each population as one fit, the others one by one; their returns
+    in the sweep's order."""
+    populations, alone = plan(configs)
+    runs: dict[int, JobReturn] = {}
+    first_of = {members[0]: members for members in populations}
+    for index, cfg in enumerate(configs):
+        if index in alone:
+            log.info("%s trains alone: %s", job_dir(cfg).name, alone[index])
+            runs[index] = run_job(hydra_context=hydra_context, task_function=task_function,
+                                  config=cfg, job_dir_key="hydra.sweep.dir",
+                                  job_subdir_key="hydra.sweep.subdir")  # fmt: skip
+        elif index in first_of:
+            members = first_of[index]
+            names = ", ".join(job_dir(configs[i]).name for i in members)
+            log.info("population of %d trains together: %s", len(members), names)
+            returns = train_population([configs[i] for i in members], hydra_context)
+            runs.update(zip(members, returns, strict=True))
+    return [runs[i] for i in range(len(configs))]
+
+
+# --- one population -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class Member:
+    """One job of a population: its config, folder, module and what its run alone would have."""
+
+    index: int
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str]
+    module: object = None
+    datamodule: object = None
+    trainer_cfg: DictConfig | None = None
+    callbacks: list = dataclasses.field(default_factory=list)
+    loggers: list = dataclasses.field(default_factory=list)
+    optimizer: object = None  # its own optimizer: its parameter group is the population's
+    random_state: object = None
+    view: object = None
+    record: dict | None = None  # written once it ends
+    active: bool = True
+
+    @contextlib.contextmanager
+    def running(self):
+        """Run this member's code: with its random numbers, its lines in its own train.log."""
+        import torch
+
+        token = MEMBER.set(self.index)
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.random_state)
+        try:
+            yield
+        finally:
+            self.random_state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+            MEMBER.reset(token)
+
+
+def train_population(configs: list[DictConfig], hydra_context) -> list[JobReturn]:
+    """Set up each member in its own folder (through Hydra's run_job, as a job alone), fit them
+    together, test them, and write each member's record."""
+    members, returns = [], []
+    with contextlib.ExitStack() as held:
+        for index, cfg in enumerate(configs):
+            member = Member(index, cfg, job_dir(cfg), [])
+            task = functools.partial(prepare, member, held)
+            returns.append(run_job(hydra_context=hydra_context, task_function=task, config=cfg,
+                                   job_dir_key="hydra.sweep.dir",
+                                   job_subdir_key="hydra.sweep.subdir"))  # fmt: skip
+            if member.module is not None:
+                members.append(member)
+        if members:
+            with member_logs(members):
+                fit_and_test(members)
+    by_dir = {m.run_dir: m for m in members}
+    for ret in returns:
+        member = by_dir.get(Path(ret.working_dir)) if ret.working_dir else None
+        if member is not None and member.record is not None:
+            from src.run_record import objective
+
+            ret.return_value = objective(member.record, member.cfg)
+    return returns
+
+
+def prepare(member: Member, held: contextlib.ExitStack, cfg: DictConfig) -> float:
+    """Hydra's task for a member: what `src.train` does before fitting, in the member's folder
+    (its config checked, seeded, its data, module, callbacks and loggers built). Returns NaN,
+    replaced by the member's objective once the population has trained."""
+    from src.resume import sole_writer
+    from src.run_record import failed
+    from src.train import build, load_training_stack
+
+    member.overrides = list(HydraConfig.get().overrides.task)
+    sigterm.listen()
+    if sigterm.received():
+        log.warning("%s not started: the sweep was stopped by SIGTERM", member.run_dir)
+        return math.nan
+    if not held.enter_context(sole_writer(member.run_dir)):
+        log.warning("%s is being trained by another process: skipped here", member.run_dir)
+        return math.nan
+    raw = OmegaConf.to_container(cfg, resolve=False)  # as its checkpoints keep it
+    try:
+        from src.config import validate
+
+        validate(cfg)
+        OmegaConf.resolve(cfg)  # its folder is Hydra's now; later members' folders are others
+        load_training_stack()
+        build_member(member, cfg, raw, build)
+    except Exception as err:
+        failed(err, cfg, member.run_dir, member.overrides, in_sweep=True)
+        member.module = None
+    return math.nan
+
+
+def build_member(member: Member, cfg: DictConfig, raw: dict, build) -> None:
+    """The member's parts, built as src.train builds them, from its seed on."""
+    import lightning as L
+    import torch
+
+    from src.callbacks import ConfigInCheckpoints, StopTogether
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module, trainer = build(cfg)
+    member.cfg, member.datamodule, member.module = cfg, datamodule, module
+    member.random_state = torch.get_rng_state()
+    member.callbacks = [*trainer.callbacks, ConfigInCheckpoints(raw), StopTogether()]
+    member.loggers = list(trainer.loggers)
+    member.trainer_cfg = cfg.trainer
+
+
+@contextlib.contextmanager
+def member_logs(members: list[Member]):
+    """While the population trains, each member's lines go to its own train.log, and the lines no
+    member wrote (Lightning's, the population's) to every member's."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    formatter = files[0].formatter if files else None
+    for handler in files:
+        root.removeHandler(handler)
+        handler.close()
+    handlers = []
+    for member in members:
+        handler = logging.FileHandler(member.run_dir / "train.log", mode="a")
+        handler.setFormatter(formatter)
+        handler.addFilter(lambda record, i=member.index: MEMBER.get() in (None, i))
+        root.addHandler(handler)
+        handlers.append(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def fit_and_test(members: list[Member]) -> None:
+    """One fit of the population, one test of the members that completed, each member's record."""
+    from hydra.utils import instantiate
+
+    from src.population_module import PopulationModule, member_trainer_parts
+    from src.run_record import Outcome, fit_metrics
+    from src.train import fit
+
+    first = members[0]
+    population = PopulationModule(members)
+    callbacks, loggers = member_trainer_parts(members)
+    # Each member's summary comes from its own ModelSummary; the population's would be no one's.
+    trainer = instantiate(first.trainer_cfg, callbacks=callbacks, logger=loggers,
+                          default_root_dir=str(first.run_dir.parent),
+                          enable_model_summary=False)  # fmt: skip
+    population.attach(trainer)
+    outcome = fit(trainer, population, first.datamodule, None)
+    fit_seconds = time.perf_counter() - population.fit_started
+    active = [m for m in members if m.active]
+    metrics = {m.index: fit_metrics(m.view, m.module) for m in active}
+    if outcome.status == "completed" and active:
+        outcome = test(trainer, population, first.datamodule)
+    for m in active:
+        last = m.run_dir / LAST_CKPT
+        tested = last if outcome.status == "completed" and last.is_file() else None
+        member_outcome = Outcome(outcome.status, outcome.error, tested)
+        write_member_record(m, members, metrics[m.index], member_outcome, fit_seconds)
+
+
+def test(trainer, population, datamodule):
+    """Test the members' last weights, those of the last checkpoint each keeps, as src.train
+    tests a run's; how it ended."""
+    from src.callbacks import stop_asked
+    from src.run_record import Outcome
+
+    if stop_asked(trainer):
+        return Outcome("interrupted", "stopped by SIGTERM before testing")
+    population.load_last_checkpoints()
+    trainer.test(population, datamodule=datamodule, verbose=False)
+    if stop_asked(trainer):
+        return Outcome("interrupted", "stopped by SIGTERM while testing")
+    return Outcome("completed")
+
+
+def write_member_record(member: Member, members: list[Member], metrics: dict, outcome,
+                        fit_seconds: float) -> None:  # fmt: skip
+    """The member's metrics.json, as src.train writes a run's, saying which jobs it trained with
+    (its fit_seconds are that fit's)."""
+    from src.run_record import run_record, write_record
+
+    with member.running():
+        record = run_record(member.cfg, member.run_dir, member.view, member.module, metrics,
+                            outcome, fit_seconds)  # fmt: skip
+        record["population"] = [m.run_dir.name for m in members]
+        member.record = write_record(member.cfg, member.run_dir, member.overrides, member.view,
+                                     record)  # fmt: skip

@@ -1,0 +1,352 @@
+"""The LightningModule that holds a population's members, and what each member sees of the one
+Trainer that fits them: a view of it (`MemberTrainer`), its callbacks called with that view
+(`ForMember`), its loggers fed its own metrics (`MemberLogger`). See src/population.py."""
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from lightning.pytorch.loggers import Logger
+from torch import nn
+
+from src.modules import Diverged
+from src.names import LAST_CKPT
+from src.population import MEMBER, SEPARATOR, Member
+
+LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")
+
+
+class PopulationModule(L.LightningModule):
+    """Members trained in lockstep: each step runs every member's own training_step on the batch,
+    and the population's loss is the sum of theirs. A member that diverges is recorded and stops;
+    the others go on."""
+
+    def __init__(self, members: list[Member]):
+        super().__init__()
+        self.nets = nn.ModuleList([m.module for m in members])  # their parameters, for Lightning
+        self.population = members
+        self.fit_started = time.perf_counter()
+        for m in members:
+            m.module.log_as = functools.partial(self.log_member, m)
+
+    def on_fit_start(self) -> None:
+        self.fit_started = time.perf_counter()
+
+    def attach(self, trainer: L.Trainer) -> None:
+        """Give each member its view of `trainer`, as the trainer it would have alone."""
+        for m in self.population:
+            m.view = MemberTrainer(trainer, m)
+            m.module.trainer = m.view
+
+    def log_member(self, member: Member, name: str, value, *args, **kwargs) -> None:
+        self.log(f"{member.index}{SEPARATOR}{name}", value, *args, **kwargs)
+
+    def each(self, hook: str, *args, stop_on_divergence: bool = False) -> list:
+        """Call `hook` of every active member, in its own context; a member that diverges stops."""
+        results = []
+        for m in [m for m in self.population if m.active]:
+            with m.running():
+                try:
+                    results.append(getattr(m.module, hook)(*args))
+                except Diverged as err:
+                    if not stop_on_divergence:
+                        raise
+                    stop_diverged(m, err)
+        return results
+
+    # --- Lightning's hooks, passed to each member -------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        self.each("setup", stage)
+
+    def on_train_start(self) -> None:
+        self.each("on_train_start")
+
+    def training_step(self, batch, batch_idx: int):
+        losses = self.each("training_step", batch, batch_idx, stop_on_divergence=True)
+        losses = [loss for loss in losses if loss is not None]
+        if not any(m.active for m in self.population):
+            self.trainer.should_stop = True
+        return torch.stack(losses).sum() if losses else None
+
+    def on_train_epoch_end(self) -> None:
+        self.each("on_train_epoch_end", stop_on_divergence=True)
+        if not any(m.active for m in self.population):
+            self.trainer.should_stop = True
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.each("validation_step", batch, batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.each("test_step", batch, batch_idx)
+
+    def configure_optimizers(self):
+        """The members' own optimizers' parameter groups (the same dicts) in one optimizer of
+        their class, and the schedule over it that each member's config gives."""
+        groups = []
+        for m in self.population:
+            m.optimizer = m.module.optimizer_factory(m.module.parameters())
+            groups.extend(m.optimizer.param_groups)
+        optimizer = type(self.population[0].optimizer)(groups)
+        first = self.population[0].module
+        if first.scheduler is None:
+            return optimizer
+        config = dict(first.scheduler)
+        schedule = config.pop("schedule")
+        config["scheduler"] = schedule(optimizer, **first.run_length(schedule, config["interval"]))
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def load_last_checkpoints(self) -> None:
+        """Before testing, each member's weights from its last checkpoint, as its run alone tests
+        them (the same weights when the fit ended at an epoch's end)."""
+        for m in self.population:
+            last = m.run_dir / LAST_CKPT
+            if m.active and last.is_file():
+                state = self.trainer.strategy.checkpoint_io.load_checkpoint(last)
+                m.module.load_state_dict(state["state_dict"])
+
+
+def stop_diverged(member: Member, err: Diverged) -> None:
+    """A member diverged: what its run alone does when fit raises (its callbacks and loggers told),
+    and its record, written now; it takes no further step."""
+    from src.population import write_member_record
+    from src.run_record import Outcome, fit_metrics
+
+    population = member.view.population_trainer.lightning_module
+    for callback in member.callbacks:
+        callback.on_exception(member.view, member.module, err)
+    for logger in member.loggers:
+        logger.finalize("failed")
+    member.active = False
+    metrics = fit_metrics(member.view, member.module)
+    seconds = time.perf_counter() - population.fit_started
+    write_member_record(member, population.population, metrics, Outcome("diverged", str(err)),
+                        seconds)  # fmt: skip
+
+
+# --- what a member sees of the trainer ----------------------------------------------------------
+
+
+def own(member: Member, metrics: dict) -> dict:
+    """A member's share of the population's logged values, under the names it logged them."""
+    prefix = f"{member.index}{SEPARATOR}"
+    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+class MemberTrainer:
+    """The population's Trainer as a member's callbacks, loggers and module see it: the member's
+    module, metrics, loggers, callbacks, optimizer and checkpoints; everything else (the step, the
+    epoch, the loops, the strategy, the flags) the population's, which are the member's too."""
+
+    def __init__(self, trainer: L.Trainer, member: Member):
+        self.population_trainer = trainer
+        self.member = member
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.population_trainer, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("population_trainer", "member"):
+            object.__setattr__(self, name, value)
+        else:  # a flag a callback sets (should_stop, ...) is the population's
+            setattr(self.population_trainer, name, value)
+
+    lightning_module = property(lambda self: self.member.module)
+    model = lightning_module
+    callbacks = property(lambda self: self.member.callbacks)
+    loggers = property(lambda self: self.member.loggers)
+    logger = property(lambda self: self.member.loggers[0] if self.member.loggers else None)
+    callback_metrics = property(
+        lambda self: own(self.member, self.population_trainer.callback_metrics)
+    )
+    logged_metrics = property(lambda self: own(self.member, self.population_trainer.logged_metrics))
+    progress_bar_metrics = property(
+        lambda self: own(self.member, self.population_trainer.progress_bar_metrics)
+    )
+    optimizers = property(lambda self: [self.member.optimizer])
+    checkpoint_callbacks = property(
+        lambda self: [c for c in self.member.callbacks if isinstance(c, Checkpoint)]
+    )
+    checkpoint_callback = property(lambda self: next(iter(self.checkpoint_callbacks), None))
+    log_dir = property(
+        lambda self: self.logger.log_dir if self.logger else str(self.member.run_dir)
+    )
+    default_root_dir = property(lambda self: str(self.member.run_dir))
+
+    @property
+    def lr_scheduler_configs(self) -> list:
+        return [dataclasses.replace(c, scheduler=ScheduleView(self.member.optimizer))
+                for c in self.population_trainer.lr_scheduler_configs]  # fmt: skip
+
+    def save_checkpoint(self, filepath, weights_only: bool = False, storage_options=None) -> None:
+        """Write the checkpoint the member's run alone would write at this moment."""
+        checkpoint = member_checkpoint(self, weights_only)
+        self.population_trainer.strategy.save_checkpoint(checkpoint, filepath, storage_options)
+
+
+@dataclasses.dataclass
+class ScheduleView:
+    """What Lightning's LearningRateMonitor reads of a schedule: the optimizer whose rates it
+    sets, here the member's own (its group is the one the population's schedule sets)."""
+
+    optimizer: torch.optim.Optimizer
+
+
+def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
+    """The dict Lightning's Trainer.save_checkpoint writes, for the member alone: its weights,
+    the loops' state (the population's steps are the member's), its callbacks' states, its own
+    optimizer's and schedule's states and its module's additions."""
+    trainer, member = view.population_trainer, view.member
+    module = member.module
+    checkpoint = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": module.state_dict(),
+        "loops": {name: getattr(trainer, name).state_dict() for name in LOOPS},
+    }
+    if not weights_only:
+        states = {c.state_key: c.state_dict() for c in member.callbacks}
+        checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
+        checkpoint["optimizer_states"] = [optimizer_state(trainer.optimizers[0], member)]
+        checkpoint["lr_schedulers"] = [
+            schedule_state(
+                c.scheduler.state_dict(), member, len(trainer.optimizers[0].param_groups)
+            )
+            for c in trainer.lr_scheduler_configs
+        ]
+        precision = trainer.precision_plugin.state_dict()
+        if precision:
+            checkpoint[type(trainer.precision_plugin).__qualname__] = precision
+    if module.hparams:
+        checkpoint[module.CHECKPOINT_HYPER_PARAMS_KEY] = dict(module.hparams)
+    datamodule = trainer.datamodule
+    if datamodule is not None and datamodule.state_dict():
+        checkpoint[type(datamodule).__qualname__] = datamodule.state_dict()
+    if not weights_only:
+        for callback in member.callbacks:
+            callback.on_save_checkpoint(view, module, checkpoint)
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, member: Member) -> dict:
+    """The member's own optimizer's state_dict, cut from the population's: its group, its
+    parameters' states, numbered from 0 as its own optimizer numbers them."""
+    params = [p for group in member.optimizer.param_groups for p in group["params"]]
+    number = {id(p): i for i, p in enumerate(params)}
+    groups = [{**{k: v for k, v in g.items() if k != "params"},
+               "params": [number[id(p)] for p in g["params"]]}
+              for g in member.optimizer.param_groups]  # fmt: skip
+    state = {number[id(p)]: optimizer.state[p] for p in params if p in optimizer.state}
+    return {"state": state, "param_groups": groups}
+
+
+def schedule_state(state: dict, member: Member, groups: int) -> dict:
+    """A schedule's state_dict for the member's group alone: the per-group lists (base rates,
+    last rates, ...) cut to its entry."""
+    index = member.index  # one parameter group per member, in member order
+    return {k: [v[index]] if isinstance(v, list) and len(v) == groups else v
+            for k, v in state.items()}  # fmt: skip
+
+
+# --- callbacks and loggers ----------------------------------------------------------------------
+
+
+class ForMembers(L.Callback):
+    """The members' callbacks: each hook calls, member by member, the callbacks of that member
+    that have it, with the member's view of the trainer and its own module, while the member is
+    active, in its context. A member's callbacks keep their order (Lightning's, alone)."""
+
+    state_key = "ForMembers"  # no state of its own: each member's is in that member's checkpoints
+
+    def __init__(self, members: list[Member], callbacks: dict[int, list]):
+        self.hooks = {}  # hook name -> [(member, the callback's bound hook), ...]
+        for member in members:
+            for callback in callbacks[member.index]:
+                for name in HOOKS:
+                    hook = getattr(callback, name)
+                    if getattr(type(callback), name) is not getattr(L.Callback, name):
+                        self.hooks.setdefault(name, []).append((member, hook))
+
+    def __getattribute__(self, name: str):
+        hooks = object.__getattribute__(self, "hooks") if name != "hooks" else None
+        if hooks is not None and name in hooks:
+            return functools.partial(call_for_members, hooks[name])
+        return object.__getattribute__(self, name)
+
+
+class CheckpointsForMembers(ForMembers, Checkpoint):
+    """The members' checkpoint callbacks: Lightning runs them after the module's epoch-end hook,
+    as it runs a run's own alone."""
+
+    state_key = "CheckpointsForMembers"
+
+
+HOOKS = [
+    name for name in dir(L.Callback) if name.startswith("on_") or name in ("setup", "teardown")
+]
+HOOKS.remove("on_save_checkpoint")  # a member's checkpoints are its view's (member_checkpoint)
+HOOKS.remove("on_load_checkpoint")
+
+
+def call_for_members(hooks: list, trainer, pl_module=None, *args, **kwargs) -> None:
+    for member, hook in hooks:
+        if member.active:  # a member's run alone ended when it diverged
+            with member.running():
+                hook(member.view, member.module, *args, **kwargs)
+
+
+class MemberLogger(Logger):
+    """A member's logger, given the member's share of what Lightning logs, under its own names."""
+
+    def __init__(self, logger: Logger, member: Member):
+        super().__init__()
+        self.inner, self.member = logger, member
+
+    name = property(lambda self: self.inner.name)
+    version = property(lambda self: self.inner.version)
+    save_dir = property(lambda self: self.inner.save_dir)
+    log_dir = property(lambda self: getattr(self.inner, "log_dir", None))
+    experiment = property(lambda self: self.inner.experiment)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if not self.member.active:
+            return
+        mine = own(self.member, metrics)
+        shared = {k: v for k, v in metrics.items() if SEPARATOR not in k}
+        whose = MEMBER.get()
+        if mine or (shared and whose in (None, self.member.index)):
+            self.inner.log_metrics({**shared, **mine} if mine else shared, step)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self.inner.log_hyperparams(params, *args, **kwargs)
+
+    def log_graph(self, model, input_array=None) -> None:
+        return None  # the population's graph is no member's
+
+    def save(self) -> None:
+        self.inner.save()
+
+    def finalize(self, status: str) -> None:
+        if self.member.active:
+            self.inner.finalize(status)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        return None  # a member's checkpoints are saved through its own callbacks' view
+
+
+def member_trainer_parts(members: list[Member]) -> tuple[list, list]:
+    """The population trainer's callbacks and loggers: every member's, each for its member; one
+    progress bar (the first member's) for the console."""
+    bar = next((c for c in members[0].callbacks if isinstance(c, ProgressBar)), None)
+    plain = {m.index: [c for c in m.callbacks if not isinstance(c, (ProgressBar, Checkpoint))]
+             for m in members}  # fmt: skip
+    saving = {m.index: [c for c in m.callbacks if isinstance(c, Checkpoint)] for m in members}
+    callbacks = [ForMembers(members, plain), CheckpointsForMembers(members, saving)]
+    loggers = [MemberLogger(logger, m) for m in members for logger in m.loggers]
+    return ([bar] if bar else []) + callbacks, loggers

@@ -1,0 +1,157 @@
+"""hydra/launcher=population: who trains together, and that each member's folder is the one its
+job alone leaves (records, TensorBoard curves, checkpoints), for a member that diverges too."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from src.config import register
+from src.eval import evaluate
+from src.population import alone_because, loop_key
+from tests.conftest import REPO, read_metrics
+
+# A rate that diverges on the tiny files (its loss explodes), and two that learn.
+RATES = "optimizer.lr=1e6,0.1,0.01"
+TIMES = ("fit_seconds", "train_seconds")  # the population's fit is every member's
+
+
+def compose_train(*overrides: str):
+    register()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=["+experiment=mnist_sgd", *overrides])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (["lr_find=true"], "lr_find=true tries learning rates on its own network"),
+        (["trainer.devices=2"], "it trains on several devices (DDP)"),
+        (["trainer.gradient_clip_val=1"], "gradient clipping takes the norm over the whole"),
+        (["+callbacks.mine._target_=tests.user_code.Anything"], "its callback mine"),
+        (["logger=mlflow"], "its logger mlflow"),
+        (["scheduler=plateau"], "ReduceLROnPlateau follows its own run's metric"),
+        (["ckpt_path=/some/last.ckpt"], "it continues from its own checkpoint"),
+    ],
+)
+def test_a_job_a_population_cannot_hold_trains_alone(overrides, reason, tmp_path):
+    assert alone_because(compose_train(*overrides), tmp_path).startswith(reason)
+    assert alone_because(compose_train(), tmp_path) is None
+
+
+def test_members_share_all_but_the_optimizers_values_and_the_name():
+    key = loop_key(compose_train())
+    for same in (["optimizer.lr=0.5"], ["optimizer.momentum=0.9", "optimizer.weight_decay=0.1"],
+                 ["name=other"]):  # fmt: skip
+        assert loop_key(compose_train(*same)) == key, same
+    for other in (["optimizer=adam"], ["data.batch_size=32"], ["seed=1"], ["model.net=mlp"],
+                  ["trainer.max_epochs=3"], ["scheduler=cosine"]):  # fmt: skip
+        assert loop_key(compose_train(*other)) != key, other
+
+
+def sweep(tiny_mnist, sweep_dir, launcher: str, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "src.train", "-m", "+experiment=mnist_sgd",
+        f"data.data_dir={tiny_mnist}", "data.val_size=100", "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=3", f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep_dir}", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0,
+                                                           "histograms": 0})  # fmt: skip
+    events.Reload()
+    tags = events.Tags()
+    curves = {tag: [(s.step, s.value) for s in events.Scalars(tag)] for tag in tags["scalars"]}
+    return curves, sorted(tags["images"]), sorted(tags["histograms"])
+
+
+@pytest.mark.slow
+def test_each_member_leaves_the_folder_its_job_alone_leaves(tiny_mnist, tmp_path):
+    together, alone = tmp_path / "population", tmp_path / "basic"
+    proc = sweep(tiny_mnist, together, "population", RATES)
+    output = proc.stdout + proc.stderr
+    sweep(tiny_mnist, alone, "basic", RATES)
+    names = sorted(p.parent.name for p in alone.glob("*/metrics.json"))
+    assert names == sorted(p.parent.name for p in together.glob("*/metrics.json"))
+    assert ("population of 3 trains together: optimizer.lr=1000000.0, optimizer.lr=0.1, "
+            "optimizer.lr=0.01") in output  # fmt: skip
+    statuses = {}
+    for name in names:
+        mine, theirs = read_metrics(together / name), read_metrics(alone / name)
+        assert mine.pop("population") == [
+            "optimizer.lr=1000000.0", "optimizer.lr=0.1", "optimizer.lr=0.01"]  # fmt: skip
+        for key in TIMES:
+            mine.pop(key, None), theirs.pop(key, None)
+        assert mine.keys() == theirs.keys(), name
+        for key, value in theirs.items():
+            if isinstance(value, float):
+                assert mine[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (name, key)
+            else:
+                assert mine[key] == value, (name, key)
+        statuses[name] = mine["status"]
+        # The same curves at the same steps, the same pictures.
+        (curves, images, histograms), theirs_events = (
+            scalars(together / name),
+            scalars(alone / name),
+        )
+        assert curves.keys() == theirs_events[0].keys(), name
+        for tag, points in theirs_events[0].items():
+            assert [s for s, _ in curves[tag]] == [s for s, _ in points], (name, tag)
+            assert [v for _, v in curves[tag]] == pytest.approx([v for _, v in points], rel=1e-6)
+        assert (images, histograms) == theirs_events[1:], name
+        # The same checkpoint: weights, optimizer state, loops, callbacks' states.
+        last = alone / name / "checkpoints/last.ckpt"
+        assert (together / name / "checkpoints/last.ckpt").is_file() == last.is_file(), name
+        if not last.is_file():  # diverged in its first epoch
+            continue
+        ckpt = torch.load(together / name / "checkpoints/last.ckpt", weights_only=True)
+        other = torch.load(alone / name / "checkpoints/last.ckpt", weights_only=True)
+        assert ckpt.keys() == other.keys() and ckpt["callbacks"].keys() == other["callbacks"].keys()
+        for key, weight in other["state_dict"].items():
+            assert torch.equal(ckpt["state_dict"][key], weight), (name, key)
+        assert (
+            ckpt["optimizer_states"][0]["param_groups"]
+            == other["optimizer_states"][0]["param_groups"]
+        )
+        assert (ckpt["loops"], ckpt["config"], ckpt["global_step"]) == (
+            other["loops"], other["config"], other["global_step"])  # fmt: skip
+    assert statuses == {"optimizer.lr=1000000.0": "diverged", "optimizer.lr=0.1": "completed",
+                        "optimizer.lr=0.01": "completed"}  # fmt: skip
+
+    # src.eval of a member's checkpoint gives its recorded test numbers.
+    run_dir = together / "optimizer.lr=0.1"
+    recorded = read_metrics(run_dir)
+    register()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path='{run_dir / 'checkpoints/last.ckpt'}'",
+                                         f"paths.output_dir={tmp_path}",
+                                         "trainer.accelerator=cpu"])  # fmt: skip
+    evaluated = evaluate(cfg, tmp_path)
+    for key in ("test/acc", "test/loss", "test/ece"):
+        assert evaluated[key] == pytest.approx(recorded[key], rel=1e-6), key
+
+    # The same sweep run again leaves its finished jobs as they are.
+    before = {p.parent.name: p.read_text() for p in together.glob("*/metrics.json")}
+    again = sweep(tiny_mnist, together, "population", RATES)
+    assert (again.stdout + again.stderr).count("trains alone: it finished earlier") == 3
+    assert {p.parent.name: p.read_text() for p in together.glob("*/metrics.json")} == before
+
+
+@pytest.mark.slow
+def test_jobs_that_share_no_loop_train_alone_saying_why(tiny_mnist, tmp_path):
+    proc = sweep(tiny_mnist, tmp_path, "population", "data.batch_size=32,64")
+    output = proc.stdout + proc.stderr
+    for name in ("data.batch_size=32", "data.batch_size=64"):
+        assert f"{name} trains alone: no other job shares its training loop" in output
+        assert read_metrics(tmp_path / name)["status"] == "completed"
+        assert "population" not in read_metrics(tmp_path / name)
