@@ -2,8 +2,10 @@
 job alone leaves (records, TensorBoard curves, checkpoints), for a member that diverges too."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -155,3 +157,41 @@ def test_jobs_that_share_no_loop_train_alone_saying_why(tiny_mnist, tmp_path):
         assert f"{name} trains alone: no other job shares its training loop" in output
         assert read_metrics(tmp_path / name)["status"] == "completed"
         assert "population" not in read_metrics(tmp_path / name)
+
+
+@pytest.mark.slow
+def test_a_population_stopped_by_sigterm_is_continued_by_the_same_command(tmp_path):
+    """SIGTERM in the middle of an epoch: every member is recorded interrupted with a checkpoint
+    of that moment, from which the same command continues each job (alone) to the numbers of an
+    undisturbed run."""
+    together, undisturbed = tmp_path / "population", tmp_path / "basic"
+    grid = ("+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=100",
+            "trainer.max_steps=1000", "trainer.max_epochs=10")  # fmt: skip
+    cmd = [sys.executable, "-m", "src.train", "-m", *grid, "hydra/launcher=population",
+           f"hydra.sweep.dir={together}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    first = together / "optimizer.lr=0.5" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, output
+    for name in ("optimizer.lr=0.5", "optimizer.lr=1.0"):
+        record = read_metrics(together / name)
+        assert record["status"] == "interrupted", record
+        assert record["error"] == f"stopped by SIGTERM at step {record['steps']}"
+        assert 0 < record["steps"] < 1000 and record["checkpoint"] == "checkpoints/last.ckpt"
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (again.stdout + again.stderr).count("trains alone: it continues from its own") == 2
+    subprocess.run([sys.executable, "-m", "src.train", "-m", *grid,
+                    f"hydra.sweep.dir={undisturbed}"], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    for name in ("optimizer.lr=0.5", "optimizer.lr=1.0"):
+        resumed, plain = read_metrics(together / name), read_metrics(undisturbed / name)
+        assert resumed["status"] == plain["status"] == "completed"
+        for key in ("steps", "val/loss", "test/loss", "train/loss"):
+            assert resumed[key] == pytest.approx(plain[key], rel=1e-6), (name, key)
