@@ -1,21 +1,24 @@
 """Typed schemas for the configs under conf/, registered in Hydra's ConfigStore.
 
 Hydra checks every override against them while it composes the config, so `optimizer.lr=abc`,
-`optimizer.lrr=0.1` or `+trainer.foo=1` fail with Hydra's message naming the key. `validate` then
-builds the dataclasses, whose `__post_init__` checks the ranges, before anything heavy is imported;
-last it builds the optimizer and its schedule once on a stand-in weight, so that a value PyTorch's
-own checks refuse is one line naming the key even for an optimizer or schedule with no schema.
+`optimizer.lrr=0.1` or `+trainer.foo=1` fail with Hydra's message naming the key. The schemas of
+the library's classes and of the project's own (SIGNED) and the Trainer's are made from their
+signatures: their names, types and defaults, so that `trainer.gradient_clip_val=1` or
+`optimizer.nesterov=true` can be typed though no YAML sets them. The ranges are the classes' own
+checks: `validate` builds the optimizer and its schedule once on a stand-in weight, before any data
+is read, so that a value PyTorch refuses is one line naming the key, for an optimizer or schedule
+with no schema too; src/train.py builds the network and the data, whose own checks (src/checks.py)
+name the key likewise. `validate` checks the rest of the ranges, those of the run and of the
+Trainer, before Lightning is imported.
 
-The YAML files hold the values and pick their schema in their defaults list; a schema holds types
-and ranges, and a default only for a library argument that no YAML sets, so that
-`trainer.gradient_clip_val=1` or `optimizer.nesterov=true` can be typed: the Trainer's schema is
-made from Lightning's own signature, its names, types and defaults.
+The YAML files hold the values and pick their schema in their defaults list.
 """
 
 import ast
 import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import math
 import re
@@ -29,74 +32,174 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from src import checks
 from src.command_line import help_group
 from src.errors import ConfigError
 from src.job_names import job_dirname
-from src.schedules import run_length
+from src.schedules import RUN_LENGTH, run_length
 
-# The names a config may use; src/models/activations.py, src/data/*.py map them (a test checks).
-ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "leaky_relu")
-GATES = ("and", "or", "nand", "xor")
-DATASETS = ("mnist", "fashion_mnist")
-
-
-def require(ok: bool, key: str, value, expectation: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is out of range: it {expectation}")
-
-
-def one_of(key: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}")
+require = functools.partial(checks.require, error=ConfigError)
+one_of = functools.partial(checks.one_of, error=ConfigError)
 
 
 def is_count(value) -> bool:
+    """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# --- optimizer/ ---------------------------------------------------------------------------------
+# --- schemas from signatures --------------------------------------------------------------------
+
+# The classes a YAML file types itself with, by `/schema/<group>/<class name>` in its defaults
+# list: each schema is the class's own arguments, types and defaults, read from its source file,
+# not imported (importing PyTorch or Lightning takes seconds, and `--help`, tab completion and the
+# config check come before). Their ranges are the classes' own checks: `validate` builds the
+# optimizer and its schedule once, src/train.py the network and the data. A YAML file for a class
+# not named here (a new optimizer, a network of one's own) is typed by those checks alone.
+SIGNED = {
+    "optimizer": ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW"),
+    "scheduler": tuple(f"torch.optim.lr_scheduler.{name}" for name in (
+        "CosineAnnealingLR", "OneCycleLR", "StepLR", "ReduceLROnPlateau")),
+    "data": ("src.data.MNISTDataModule", "src.data.LogicGateDataModule"),
+    "net": ("src.models.DigitClassifier", "src.models.LogicGateNet", "src.models.MLP",
+            "src.models.CNN"),
+}  # fmt: skip
+# An optimizer or a schedule is a partial the module hands its first argument (the parameters, the
+# optimizer); its keyword-only arguments (foreach, fused, ...) choose an implementation, not a
+# setting. A schedule's last_epoch is its state, which Lightning restores from a checkpoint.
+PARTIAL = {"optimizer": (), "scheduler": ("last_epoch",)}
+PLAIN_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+NOT_IN_A_CONFIG = ("None", "Tensor", "torch.Tensor")  # members of a union a config never holds
+SEQUENCES = ("list", "tuple", "List", "Tuple", "Sequence")
 
 
-def require_rate(lr: float, weight_decay: float) -> None:
-    """An optimizer's learning rate and weight decay: finite, as PyTorch's optimizers need them."""
-    require(math.isfinite(lr) and lr > 0, "optimizer.lr", lr, "must be a finite number > 0")
-    require(math.isfinite(weight_decay) and weight_decay >= 0, "optimizer.weight_decay",
-            weight_decay, "must be a finite number >= 0")  # fmt: skip
+def module_file(module: str) -> Path | None:
+    """The source file of a dotted module, found without importing it or its package."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not rest:
+        return Path(spec.origin) if spec and spec.origin else None
+    base = Path(spec.submodule_search_locations[0]).joinpath(*rest)
+    return next((p for p in (base / "__init__.py", base.with_suffix(".py")) if p.is_file()), None)
 
 
-@dataclass
-class SGDSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    lr: float = MISSING
-    momentum: float = MISSING
-    weight_decay: float = MISSING
-    dampening: float = 0.0
-    nesterov: bool = False
-
-    def __post_init__(self):
-        require_rate(self.lr, self.weight_decay)
-        require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must be in [0, 1)")
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """A source file's syntax tree, read once."""
+    return ast.parse(path.read_text(encoding="utf-8"))
 
 
-@dataclass
-class AdamSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    lr: float = MISSING
-    weight_decay: float = MISSING
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    amsgrad: bool = False
+def class_node(target: str) -> ast.ClassDef | None:
+    """The class a dotted path names, read from its module's source, following the module's
+    imports of it (`torch.optim.SGD` is defined in torch/optim/sgd.py)."""
+    module, _, name = target.rpartition(".")
+    path = module_file(module)
+    for node in parsed(path).body if path else ():
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+        alias = next((a for a in getattr(node, "names", ()) if (a.asname or a.name) == name), None)
+        if isinstance(node, ast.ImportFrom) and alias:
+            package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+            origin = node.module if not node.level else ".".join(filter(None, (base, node.module)))
+            return class_node(f"{origin}.{alias.name}")
+    return None
 
-    def __post_init__(self):
-        require_rate(self.lr, self.weight_decay)
-        require(
-            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            "optimizer.betas",
-            list(self.betas),
-            "must be two numbers in [0, 1)",
-        )
+
+def union_members(annotation: ast.expr) -> list[ast.expr]:
+    """The types an annotation allows, as written: `Optional[Union[int, float]]` is int, float,
+    None."""
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        return union_members(annotation.left) + union_members(annotation.right)
+    outer = ast.unparse(annotation.value) if isinstance(annotation, ast.Subscript) else None
+    if outer not in ("Optional", "Union"):
+        return [annotation]
+    inner = annotation.slice
+    members = [m for e in getattr(inner, "elts", [inner]) for m in union_members(e)]
+    return members + [ast.Constant(None)] if outer == "Optional" else members
+
+
+def plain_type(annotation: ast.expr) -> Any:
+    """The one type OmegaConf can check that a config may give for an annotation, or None:
+    `float | Tensor` is float, `tuple[float, float]` a list of floats."""
+    kinds = [m for m in union_members(annotation) if ast.unparse(m) not in NOT_IN_A_CONFIG]
+    if len(kinds) != 1:
+        return None
+    kind = kinds[0]
+    if isinstance(kind, ast.Subscript) and ast.unparse(kind.value) in SEQUENCES:
+        items = getattr(kind.slice, "elts", [kind.slice])
+        item_types = {plain_type(e) for e in items if not isinstance(e, ast.Constant)}
+        item = item_types.pop() if len(item_types) == 1 else None
+        return list[item] if item in PLAIN_TYPES.values() else None
+    return PLAIN_TYPES.get(ast.unparse(kind))
+
+
+def omegaconf_type(annotation: ast.expr | None, default) -> Any:
+    """An annotation as OmegaConf can check it: one plain type, or None too; anything else (a
+    union of types, a class, an alias) Any."""
+    kind = plain_type(annotation) if annotation is not None else None
+    if kind is None:
+        return Any
+    takes_none = any(ast.unparse(m) == "None" for m in union_members(annotation))
+    return kind | None if takes_none or default is None else kind
+
+
+def signature_fields(target: str, partial: bool, leave_out=()) -> list[tuple[str, Any, Any]]:
+    """A class's arguments as dataclass fields: name, type, its own default (MISSING where it has
+    none, None where the run's length fills it: src/schedules.py)."""
+    body = getattr(class_node(target), "body", [])
+    init = next((n for n in body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is None:
+        raise LookupError(f"src/config.py: no __init__ of {target} found in its source")
+    args = init.args
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + args.defaults
+    pairs = list(zip(positional, defaults, strict=True))[2 if partial else 1 :]
+    pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+              if not (partial and d is not None)]  # fmt: skip
+    fields = []
+    for arg, default_node in pairs:
+        if arg.arg in leave_out:
+            continue
+        if default_node is None:
+            default = None if arg.arg in RUN_LENGTH else MISSING
+        else:
+            try:
+                default = ast.literal_eval(default_node)
+            except ValueError:  # an expression (1.0 / 3): left to the class
+                continue
+        kind = omegaconf_type(arg.annotation, default)
+        if isinstance(default, (list, tuple)):
+            default = field(default_factory=functools.partial(list, default))
+        fields.append((arg.arg, kind, default))
+    return fields
+
+
+@functools.cache
+def signed_schema(target: str, partial: bool, leave_out=()) -> type:
+    """The schema of a class's arguments, from its signature; a partial's also has `_partial_`."""
+    plumbing = [("_target_", str, MISSING)] + ([("_partial_", bool, MISSING)] if partial else [])
+    return dataclasses.make_dataclass(
+        target.rpartition(".")[2],
+        plumbing + signature_fields(target, partial, leave_out),
+        namespace={"__module__": __name__, "__doc__": f"{target}'s arguments, typed."},
+    )
+
+
+# Values PyTorch's optimizers take but that no run trains with (an infinite rate, a momentum of 2),
+# refused for any optimizer once PyTorch's own checks have passed.
+TRAINABLE = {
+    "lr": (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+
+
+def require_trainable(optimizer: DictConfig) -> None:
+    """Refuse an optimizer's rate, decay or momentum that PyTorch takes but no run trains with."""
+    for key, (ok, expectation) in TRAINABLE.items():
+        value = optimizer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            require(ok(value), f"optimizer.{key}", value, expectation)
 
 
 # --- scheduler/ ---------------------------------------------------------------------------------
@@ -117,146 +220,13 @@ class SchedulerSchema:
         require(self.frequency >= 1, "scheduler.frequency", self.frequency, "must be at least 1")
 
 
-@dataclass
-class CosineSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    eta_min: float = MISSING
-    T_max: int | None = None  # None: the run's length (src/modules/supervised.py)
-
-    def __post_init__(self):
-        require(self.eta_min >= 0, "scheduler.schedule.eta_min", self.eta_min, "must be >= 0")
-
-
-@dataclass
-class OneCycleSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    max_lr: float = MISSING
-    pct_start: float = MISSING
-    total_steps: int | None = None  # None: the run's length
-
-    def __post_init__(self):
-        require(self.max_lr > 0, "scheduler.schedule.max_lr", self.max_lr, "must be > 0")
-        require(0 < self.pct_start < 1, "scheduler.schedule.pct_start", self.pct_start,
-                "must be between 0 and 1")  # fmt: skip
-
-
-@dataclass
-class StepLRSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    step_size: int = MISSING
-    gamma: float = MISSING
-
-    def __post_init__(self):
-        require(self.step_size >= 1, "scheduler.schedule.step_size", self.step_size,
-                "must be at least 1")  # fmt: skip
-        require(self.gamma > 0, "scheduler.schedule.gamma", self.gamma, "must be > 0")
-
-
-@dataclass
-class PlateauSchema:
-    _target_: str = MISSING
-    _partial_: bool = MISSING
-    mode: str = MISSING
-    factor: float = MISSING
-    patience: int = MISSING
-
-    def __post_init__(self):
-        one_of("scheduler.schedule.mode", self.mode, ("min", "max"))
-        require(0 < self.factor < 1, "scheduler.schedule.factor", self.factor,
-                "must be between 0 and 1")  # fmt: skip
-        require(self.patience >= 0, "scheduler.schedule.patience", self.patience, "must be >= 0")
-
-
-# --- data/ --------------------------------------------------------------------------------------
-
-
-@dataclass
-class MNISTSchema:
-    _target_: str = MISSING
-    data_dir: str = MISSING
-    dataset: str = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    val_size: int = MISSING
-    train_size: int | None = MISSING
-    split_seed: int = MISSING
-    normalize: bool = MISSING
-    download: bool = MISSING
-    seed: int = MISSING
-
-    def __post_init__(self):
-        one_of("data.dataset", self.dataset, DATASETS)
-        for key in ("batch_size", "eval_batch_size", "val_size"):
-            value = getattr(self, key)
-            require(value >= 1, f"data.{key}", value, "must be at least 1")
-        require(self.val_size < 60_000, "data.val_size", self.val_size, "must be below 60000")
-        if self.train_size is not None:
-            require(self.train_size >= 1, "data.train_size", self.train_size, "must be at least 1")
-
-
-@dataclass
-class LogicGateDataSchema:
-    _target_: str = MISSING
-    gate: str = MISSING
-    steps_per_epoch: int = MISSING
-
-    def __post_init__(self):
-        one_of("data.gate", self.gate, GATES)
-        require(self.steps_per_epoch >= 1, "data.steps_per_epoch", self.steps_per_epoch,
-                "must be at least 1")  # fmt: skip
-
-
-# --- model/ and model/net/ ----------------------------------------------------------------------
+# --- model/ -------------------------------------------------------------------------------------
 
 
 @dataclass
 class ModuleSchema:
     _target_: str = MISSING
     net: Any = MISSING
-
-
-@dataclass
-class HiddenLayerSchema:
-    """DigitClassifier and LogicGateNet: one hidden layer."""
-
-    _target_: str = MISSING
-    hidden_dim: int = MISSING
-    activation: str = MISSING
-
-    def __post_init__(self):
-        require(self.hidden_dim >= 1, "model.net.hidden_dim", self.hidden_dim, "must be at least 1")
-        one_of("model.net.activation", self.activation, ACTIVATIONS)
-
-
-@dataclass
-class MLPSchema:
-    _target_: str = MISSING
-    hidden_dims: list[int] = MISSING
-    activation: str = MISSING
-
-    def __post_init__(self):
-        require(all(d >= 1 for d in self.hidden_dims), "model.net.hidden_dims",
-                list(self.hidden_dims), "must hold widths of at least 1")  # fmt: skip
-        one_of("model.net.activation", self.activation, ACTIVATIONS)
-
-
-@dataclass
-class CNNSchema:
-    _target_: str = MISSING
-    channels: list[int] = MISSING
-    hidden_dim: int = MISSING
-    activation: str = MISSING
-
-    def __post_init__(self):
-        # Each block halves the 28-pixel image: after 4 there is 1 pixel left.
-        require(1 <= len(self.channels) <= 4 and all(c >= 1 for c in self.channels),
-                "model.net.channels", list(self.channels),
-                "must hold 1 to 4 channel counts of at least 1")  # fmt: skip
-        require(self.hidden_dim >= 1, "model.net.hidden_dim", self.hidden_dim, "must be at least 1")
-        one_of("model.net.activation", self.activation, ACTIVATIONS)
 
 
 # --- trainer/ -----------------------------------------------------------------------------------
@@ -267,61 +237,30 @@ def is_batch_limit(value) -> bool:
     return (is_count(value) and value >= 0) or (isinstance(value, float) and 0 <= value <= 1)
 
 
-# Lightning's Trainer signature is read from its source file, not imported: importing Lightning
-# takes seconds (6.4 s on this repository's machine, this module 0.25 s), and a command line is
-# checked before it. tests/test_config.py holds the fields to the signature Python reads.
-TRAINER_SOURCE = ("lightning", "pytorch", "trainer", "trainer.py")  # lightning.pytorch.Trainer's
+# Lightning's Trainer signature, read as the other classes' are (src/config.py takes 0.25 s to
+# import, Lightning 6.4 s on this repository's machine); tests/test_config.py holds the fields to
+# the signature Python reads.
 BUILT_ELSEWHERE = ("logger", "callbacks")  # the logger/ and callbacks/ groups, src/train.py
 # A type OmegaConf can check where Lightning's annotation is a union of numbers: a float holds
 # both, and means the same to Lightning here (unlike limit_*_batches, where 1 and 1.0 differ).
 TRAINER_TYPES = {"gradient_clip_val": float | None}
-PLAIN_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-def union_members(annotation: ast.expr) -> list[str]:
-    """The types an annotation allows, as written: `Optional[Union[int, float]]` is int, float,
-    None."""
-    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
-        return union_members(annotation.left) + union_members(annotation.right)
-    outer = ast.unparse(annotation.value) if isinstance(annotation, ast.Subscript) else None
-    if outer not in ("Optional", "Union"):
-        return [ast.unparse(annotation)]
-    inner = annotation.slice
-    members = [m for e in getattr(inner, "elts", [inner]) for m in union_members(e)]
-    return members + ["None"] if outer == "Optional" else members
-
-
-def omegaconf_type(annotation: ast.expr, default) -> Any:
-    """An annotation as OmegaConf can check it: one plain type, or None too; anything else (a
-    union of types, a class, an alias) Any."""
-    members = union_members(annotation)
-    kinds = [m for m in members if m != "None"]
-    if len(kinds) != 1 or kinds[0] not in PLAIN_TYPES:
-        return Any
-    kind = PLAIN_TYPES[kinds[0]]
-    return kind | None if "None" in members or default is None else kind
 
 
 def trainer_fields() -> list[tuple[str, Any, Any]]:
     """Lightning's Trainer arguments as dataclass fields: name, type, Lightning's own default."""
-    root = Path(importlib.util.find_spec(TRAINER_SOURCE[0]).submodule_search_locations[0])
-    tree = ast.parse(root.joinpath(*TRAINER_SOURCE[1:]).read_text(encoding="utf-8"))
-    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
-    init = next(n for n in trainer.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
-    fields = []
-    for arg, default_node in zip(init.args.kwonlyargs, init.args.kw_defaults, strict=True):
-        if arg.arg in BUILT_ELSEWHERE:
-            continue
-        default = ast.literal_eval(default_node)
-        kind = TRAINER_TYPES.get(arg.arg) or omegaconf_type(arg.annotation, default)
-        fields.append((arg.arg, kind, default))
-    return fields
+    fields = signature_fields("lightning.pytorch.Trainer", partial=False, leave_out=BUILT_ELSEWHERE)
+    return [(name, TRAINER_TYPES.get(name, kind), default) for name, kind, default in fields]
 
 
 class TrainerChecks:
     """The ranges of the Trainer arguments, checked before Lightning is imported."""
 
     def __post_init__(self):
+        self.check_devices()
+        self.check_loop()
+
+    def check_devices(self):
+        """Where and in what precision it trains."""
         one_of("trainer.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
         devices = self.devices
         require(
@@ -336,6 +275,9 @@ class TrainerChecks:
         precisions = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true",
                       "16", "bf16", "32", "64", 16, 32, 64, None)  # fmt: skip
         one_of("trainer.precision", self.precision, precisions)
+
+    def check_loop(self):
+        """How long it trains, validates and logs."""
         require(self.fast_dev_run is True or self.fast_dev_run is False
                 or (is_count(self.fast_dev_run) and self.fast_dev_run >= 0),
                 "trainer.fast_dev_run", self.fast_dev_run,
@@ -447,17 +389,8 @@ class TrainSchema:
 
 
 SCHEMAS = {
-    "optimizer": {"sgd": SGDSchema, "adam": AdamSchema},
-    "scheduler": {
-        "base": SchedulerSchema,
-        "cosine": CosineSchema,
-        "onecycle": OneCycleSchema,
-        "step": StepLRSchema,
-        "plateau": PlateauSchema,
-    },  # fmt: skip
-    "data": {"mnist": MNISTSchema, "logic_gate": LogicGateDataSchema},
+    "scheduler": {"base": SchedulerSchema},
     "model": {"module": ModuleSchema},
-    "net": {"hidden_layer": HiddenLayerSchema, "mlp": MLPSchema, "cnn": CNNSchema},
     "trainer": {"trainer": TrainerSchema},
     "callbacks": {"digit_pictures": DigitPicturesSchema, "gate_pictures": GatePicturesSchema},
 }
@@ -489,6 +422,10 @@ def register() -> None:
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=node)
+    for group, targets in SIGNED.items():
+        for target in targets:
+            node = signed_schema(target, group in PARTIAL, PARTIAL.get(group, ()))
+            store.store(group=f"schema/{group}", name=node.__name__, node=node)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -496,7 +433,8 @@ def validate(cfg: DictConfig) -> None:
     is checked where it is read, src/checkpoints.py)."""
     refuse_unknown_keys(cfg)
     OmegaConf.to_object(cfg)  # builds each schema's dataclass, which runs its __post_init__
-    build_optimizer_once(cfg)
+    build_optimizer_once(cfg)  # PyTorch's own checks first, then what they let through
+    require_trainable(cfg.optimizer)
 
 
 def build_optimizer_once(cfg: DictConfig) -> None:
@@ -508,13 +446,13 @@ def build_optimizer_once(cfg: DictConfig) -> None:
 
     weight = torch.nn.Parameter(torch.zeros(1))
     weight.grad = torch.zeros(1)  # so that the step computes with every value
-    with refused_naming_the_key("optimizer", cfg.optimizer):
+    with refused_in_one_line("optimizer", cfg.optimizer, name_the_key=True):
         optimizer = instantiate(cfg.optimizer)([weight])
         optimizer.step()
     if not cfg.scheduler:
         return
     node = cfg.scheduler.schedule
-    with refused_naming_the_key("scheduler.schedule", node):
+    with refused_in_one_line("scheduler.schedule", node, name_the_key=True):
         schedule = instantiate(node)
         # A stand-in length for one that runs over the whole run (src/schedules.py).
         scheduler = schedule(optimizer, **run_length(schedule, 100))
@@ -527,12 +465,14 @@ def build_optimizer_once(cfg: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def refused_naming_the_key(key: str, node: DictConfig):
-    """Building and stepping the config's `key` (its `node`): a value its class refuses, at its
+def refused_in_one_line(key: str, node: DictConfig, name_the_key: bool = False):
+    """Building (and stepping) the config's `key`, its `node`: a value its class refuses, at its
     __init__ (which Hydra wraps in InstantiationException) or at its first step (where a schedule
     first computes with its own), said in one line naming the key and the class, e.g.
-    `optimizer.lr (torch.optim.RMSprop): Invalid learning rate: -1`. Anything else, as a _target_
-    that does not exist, keeps its own words and traceback."""
+    `data (moons.TwoMoons): noise must be >= 0`; with `name_the_key`, the setting the message is
+    about too (`optimizer.lr (torch.optim.RMSprop): Invalid learning rate: -1`). A check of the
+    project's own names its argument (src/checks.py): `model.net.hidden_dim=0 is out of range`.
+    Anything else, as a _target_ that does not exist, keeps its own words and traceback."""
     try:
         yield
     except (TypeError, ValueError, ArithmeticError, InstantiationException) as err:
@@ -540,7 +480,10 @@ def refused_naming_the_key(key: str, node: DictConfig):
         if not isinstance(cause, (TypeError, ValueError, ArithmeticError)):
             raise
         said = (str(cause).strip() or type(cause).__name__).splitlines()[0]
-        named = named_key(node, said)
+        name, is_, _ = said.partition("=")
+        if is_ and name in node:
+            raise ConfigError(f"{key}.{said}") from None
+        named = named_key(node, said) if name_the_key else None
         where = f"{key}.{named}" if named else key
         raise ConfigError(f"{where} ({node.get('_target_')}): {said}") from None
 

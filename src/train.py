@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import sigterm
 from src.command_line import CONF, console_script, run_command_line
-from src.config import register, validate
+from src.config import refused_in_one_line, register, validate
 from src.console import quiet_console
 from src.errors import ConfigError, InputError
 from src.names import LAST_CKPT, LR_FIND_PLOT
@@ -221,21 +221,6 @@ def check_torchrun(trainer) -> None:
             f"trainer.num_nodes={trainer.num_nodes} make {asked}: give torchrun "
             "--nproc-per-node=<trainer.devices> and --nnodes=<trainer.num_nodes>"
         )
-
-
-@contextlib.contextmanager
-def refused_in_one_line(key: str, node: DictConfig):
-    """Building the config's `key` (its `node`): a value its class refuses, as a TypeError from its
-    __init__ (an argument it does not take) or a ValueError of its own (a network that does not fit
-    the task, src/modules/supervised.py, is one), said in one line naming the key and the class."""
-    try:
-        yield
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, (TypeError, ValueError)):
-            said = (str(cause).strip() or type(cause).__name__).splitlines()[0]
-            raise ConfigError(f"{key} ({node.get('_target_')}): {said}") from None
-        raise
 
 
 def load_training_stack() -> None:

@@ -175,7 +175,7 @@ def test_train_size_keeps_the_same_first_images_of_the_split(tiny_mnist):
 
 
 def test_unknown_dataset_names_the_valid_ones():
-    with pytest.raises(ValueError, match="dataset 'kmnist' is not one of: mnist, fashion_mnist"):
+    with pytest.raises(ValueError, match="dataset='kmnist' is not one of: mnist, fashion_mnist"):
         MNISTDataModule(data_dir="data", **(SETTINGS | {"dataset": "kmnist"}))
 
 

@@ -196,7 +196,7 @@ def garbage_pickle_checkpoint(path):
 BAD_INPUT = {
     "unknown optimizer": (["optimizer=sgdd"], ["optimizer=sgdd is not one of: adam, adamw, sgd"]),
     "wrong type": (["optimizer.lr=abc"], ["optimizer.lr", "'abc'"]),
-    "negative lr": (["optimizer.lr=-1"], ["optimizer.lr=-1.0", "must be a finite number > 0"]),
+    "negative lr": (["optimizer.lr=-1"], ["optimizer.lr (torch.optim.SGD): Invalid learning rate"]),
     "infinite lr": (["optimizer.lr=inf"], ["optimizer.lr=inf", "must be a finite number > 0"]),
     "lr past a float": (["optimizer.lr=1e309"], ["optimizer.lr=inf", "finite number"]),
     "momentum of 2": (["optimizer.momentum=2"], ["optimizer.momentum=2.0", "in [0, 1)"]),

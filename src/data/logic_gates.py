@@ -4,6 +4,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from src.checks import at_least, one_of
 from src.data.tensors import TensorBatches, eval_sampler
 
 INPUTS = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0))
@@ -25,8 +26,8 @@ class LogicGateDataModule(L.LightningDataModule):
 
     def __init__(self, *, gate: str, steps_per_epoch: int):
         super().__init__()
-        if gate not in TRUTH_TABLES:
-            raise ValueError(f"gate {gate!r} is not one of: {', '.join(TRUTH_TABLES)}")
+        one_of("gate", gate, TRUTH_TABLES)
+        at_least(1, steps_per_epoch=steps_per_epoch)
         self.gate = gate
         self.steps_per_epoch = steps_per_epoch
         self.table = TensorBatches(

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
+from src.checks import at_least, one_of
 from src.data.tensors import EpochShuffle, TensorBatches, eval_sampler
 from src.errors import ConfigError, InputError
 
@@ -39,8 +40,10 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int,
     ):
         super().__init__()
-        if dataset not in DATASETS:
-            raise ValueError(f"dataset {dataset!r} is not one of: {', '.join(DATASETS)}")
+        one_of("dataset", dataset, DATASETS)
+        at_least(1, batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size)
+        if train_size is not None:
+            at_least(1, train_size=train_size)
         self.data_dir = data_dir
         self.dataset_cls = DATASETS[dataset]
         self.batch_size = batch_size

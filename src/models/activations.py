@@ -2,6 +2,8 @@
 
 from torch import nn
 
+from src.checks import one_of
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -13,7 +15,5 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 def activation(name: str) -> nn.Module:
     """A fresh activation layer for `name`; a ValueError names the valid ones."""
-    try:
-        return ACTIVATIONS[name]()
-    except KeyError:
-        raise ValueError(f"activation {name!r} is not one of: {', '.join(ACTIVATIONS)}") from None
+    one_of("activation", name, ACTIVATIONS)
+    return ACTIVATIONS[name]()

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from src.checks import at_least, require
 from src.models.activations import activation as make_activation
 
 
@@ -15,6 +16,10 @@ class CNN(nn.Module):
 
     def __init__(self, channels: list[int], hidden_dim: int, activation: str):
         super().__init__()
+        # Each block halves the 28-pixel image: after 4 there is 1 pixel left.
+        require(1 <= len(channels) <= 4 and all(c >= 1 for c in channels), "channels",
+                list(channels), "must hold 1 to 4 channel counts of at least 1")  # fmt: skip
+        at_least(1, hidden_dim=hidden_dim)
         blocks, n_in, size = [], 1, 28
         for n_out in channels:
             blocks += [

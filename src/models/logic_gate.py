@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from src.checks import at_least
 from src.models.activations import activation as make_activation
 
 
@@ -11,6 +12,7 @@ class LogicGateNet(nn.Module):
 
     def __init__(self, hidden_dim: int, activation: str):
         super().__init__()
+        at_least(1, hidden_dim=hidden_dim)
         self.hidden = nn.Linear(2, hidden_dim)
         self.act = make_activation(activation)
         self.out = nn.Linear(hidden_dim, 1)

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from src.checks import one_of, require
+from src.models.activations import ACTIVATIONS
 from src.models.activations import activation as make_activation
 
 
@@ -14,6 +16,9 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_dims: list[int], activation: str):
         super().__init__()
+        require(all(d >= 1 for d in hidden_dims), "hidden_dims", list(hidden_dims),
+                "must hold widths of at least 1")  # fmt: skip
+        one_of("activation", activation, ACTIVATIONS)  # with no hidden layer too
         widths = [28 * 28, *hidden_dims]
         layers = []
         for n_in, n_out in zip(widths, widths[1:], strict=False):
