@@ -14,17 +14,14 @@ Trainer, before Lightning is imported.
 The YAML files hold the values and pick their schema in their defaults list.
 """
 
-import ast
 import contextlib
 import dataclasses
 import difflib
 import functools
-import importlib.util
 import math
 import re
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -36,7 +33,8 @@ from src import checks
 from src.command_line import help_group
 from src.errors import ConfigError
 from src.job_names import job_dirname
-from src.schedules import RUN_LENGTH, run_length
+from src.schedules import run_length
+from src.signatures import signature_fields, signed_schema
 
 require = functools.partial(checks.require, error=ConfigError)
 one_of = functools.partial(checks.one_of, error=ConfigError)
@@ -47,14 +45,13 @@ def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# --- schemas from signatures --------------------------------------------------------------------
+# --- optimizer/, scheduler/, data/, model/net/: schemas from signatures -------------------------
 
 # The classes a YAML file types itself with, by `/schema/<group>/<class name>` in its defaults
-# list: each schema is the class's own arguments, types and defaults, read from its source file,
-# not imported (importing PyTorch or Lightning takes seconds, and `--help`, tab completion and the
-# config check come before). Their ranges are the classes' own checks: `validate` builds the
-# optimizer and its schedule once, src/train.py the network and the data. A YAML file for a class
-# not named here (a new optimizer, a network of one's own) is typed by those checks alone.
+# list: each schema is the class's own arguments, types and defaults (src/signatures.py). Their
+# ranges are the classes' own checks: `validate` builds the optimizer and its schedule once,
+# src/train.py the network and the data. A YAML file for a class not named here (a new optimizer,
+# a network of one's own) is typed by those checks alone.
 SIGNED = {
     "optimizer": ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW"),
     "scheduler": tuple(f"torch.optim.lr_scheduler.{name}" for name in (
@@ -67,124 +64,6 @@ SIGNED = {
 # optimizer); its keyword-only arguments (foreach, fused, ...) choose an implementation, not a
 # setting. A schedule's last_epoch is its state, which Lightning restores from a checkpoint.
 PARTIAL = {"optimizer": (), "scheduler": ("last_epoch",)}
-PLAIN_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
-NOT_IN_A_CONFIG = ("None", "Tensor", "torch.Tensor")  # members of a union a config never holds
-SEQUENCES = ("list", "tuple", "List", "Tuple", "Sequence")
-
-
-def module_file(module: str) -> Path | None:
-    """The source file of a dotted module, found without importing it or its package."""
-    top, *rest = module.split(".")
-    spec = importlib.util.find_spec(top)
-    if spec is None or not rest:
-        return Path(spec.origin) if spec and spec.origin else None
-    base = Path(spec.submodule_search_locations[0]).joinpath(*rest)
-    return next((p for p in (base / "__init__.py", base.with_suffix(".py")) if p.is_file()), None)
-
-
-@functools.cache
-def parsed(path: Path) -> ast.Module:
-    """A source file's syntax tree, read once."""
-    return ast.parse(path.read_text(encoding="utf-8"))
-
-
-def class_node(target: str) -> ast.ClassDef | None:
-    """The class a dotted path names, read from its module's source, following the module's
-    imports of it (`torch.optim.SGD` is defined in torch/optim/sgd.py)."""
-    module, _, name = target.rpartition(".")
-    path = module_file(module)
-    for node in parsed(path).body if path else ():
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            return node
-        alias = next((a for a in getattr(node, "names", ()) if (a.asname or a.name) == name), None)
-        if isinstance(node, ast.ImportFrom) and alias:
-            package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
-            origin = node.module if not node.level else ".".join(filter(None, (base, node.module)))
-            return class_node(f"{origin}.{alias.name}")
-    return None
-
-
-def union_members(annotation: ast.expr) -> list[ast.expr]:
-    """The types an annotation allows, as written: `Optional[Union[int, float]]` is int, float,
-    None."""
-    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
-        return union_members(annotation.left) + union_members(annotation.right)
-    outer = ast.unparse(annotation.value) if isinstance(annotation, ast.Subscript) else None
-    if outer not in ("Optional", "Union"):
-        return [annotation]
-    inner = annotation.slice
-    members = [m for e in getattr(inner, "elts", [inner]) for m in union_members(e)]
-    return members + [ast.Constant(None)] if outer == "Optional" else members
-
-
-def plain_type(annotation: ast.expr) -> Any:
-    """The one type OmegaConf can check that a config may give for an annotation, or None:
-    `float | Tensor` is float, `tuple[float, float]` a list of floats."""
-    kinds = [m for m in union_members(annotation) if ast.unparse(m) not in NOT_IN_A_CONFIG]
-    if len(kinds) != 1:
-        return None
-    kind = kinds[0]
-    if isinstance(kind, ast.Subscript) and ast.unparse(kind.value) in SEQUENCES:
-        items = getattr(kind.slice, "elts", [kind.slice])
-        item_types = {plain_type(e) for e in items if not isinstance(e, ast.Constant)}
-        item = item_types.pop() if len(item_types) == 1 else None
-        return list[item] if item in PLAIN_TYPES.values() else None
-    return PLAIN_TYPES.get(ast.unparse(kind))
-
-
-def omegaconf_type(annotation: ast.expr | None, default) -> Any:
-    """An annotation as OmegaConf can check it: one plain type, or None too; anything else (a
-    union of types, a class, an alias) Any."""
-    kind = plain_type(annotation) if annotation is not None else None
-    if kind is None:
-        return Any
-    takes_none = any(ast.unparse(m) == "None" for m in union_members(annotation))
-    return kind | None if takes_none or default is None else kind
-
-
-def signature_fields(target: str, partial: bool, leave_out=()) -> list[tuple[str, Any, Any]]:
-    """A class's arguments as dataclass fields: name, type, its own default (MISSING where it has
-    none, None where the run's length fills it: src/schedules.py)."""
-    body = getattr(class_node(target), "body", [])
-    init = next((n for n in body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-    if init is None:
-        raise LookupError(f"src/config.py: no __init__ of {target} found in its source")
-    args = init.args
-    positional = args.posonlyargs + args.args
-    defaults = [None] * (len(positional) - len(args.defaults)) + args.defaults
-    pairs = list(zip(positional, defaults, strict=True))[2 if partial else 1 :]
-    pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
-              if not (partial and d is not None)]  # fmt: skip
-    fields = []
-    for arg, default_node in pairs:
-        if arg.arg in leave_out:
-            continue
-        if default_node is None:
-            default = None if arg.arg in RUN_LENGTH else MISSING
-        else:
-            try:
-                default = ast.literal_eval(default_node)
-            except ValueError:  # an expression (1.0 / 3): left to the class
-                continue
-        kind = omegaconf_type(arg.annotation, default)
-        if isinstance(default, (list, tuple)):
-            default = field(default_factory=functools.partial(list, default))
-        fields.append((arg.arg, kind, default))
-    return fields
-
-
-@functools.cache
-def signed_schema(target: str, partial: bool, leave_out=()) -> type:
-    """The schema of a class's arguments, from its signature; a partial's also has `_partial_`."""
-    plumbing = [("_target_", str, MISSING)] + ([("_partial_", bool, MISSING)] if partial else [])
-    return dataclasses.make_dataclass(
-        target.rpartition(".")[2],
-        plumbing + signature_fields(target, partial, leave_out),
-        namespace={"__module__": __name__, "__doc__": f"{target}'s arguments, typed."},
-    )
-
-
 # Values PyTorch's optimizers take but that no run trains with (an infinite rate, a momentum of 2),
 # refused for any optimizer once PyTorch's own checks have passed.
 TRAINABLE = {
@@ -238,8 +117,8 @@ def is_batch_limit(value) -> bool:
 
 
 # Lightning's Trainer signature, read as the other classes' are (src/config.py takes 0.25 s to
-# import, Lightning 6.4 s on this repository's machine); tests/test_config.py holds the fields to
-# the signature Python reads.
+# import, Lightning 6.4 s on this repository's machine); tests/test_config.py holds the fields of
+# both to the signatures Python reads.
 BUILT_ELSEWHERE = ("logger", "callbacks")  # the logger/ and callbacks/ groups, src/train.py
 # A type OmegaConf can check where Lightning's annotation is a union of numbers: a float holds
 # both, and means the same to Lightning here (unlike limit_*_batches, where 1 and 1.0 differ).
@@ -469,7 +348,8 @@ def refused_in_one_line(key: str, node: DictConfig, name_the_key: bool = False):
     """Building (and stepping) the config's `key`, its `node`: a value its class refuses, at its
     __init__ (which Hydra wraps in InstantiationException) or at its first step (where a schedule
     first computes with its own), said in one line naming the key and the class, e.g.
-    `data (moons.TwoMoons): noise must be >= 0`; with `name_the_key`, the setting the message is
+    `data (moons.TwoMoons): noise must be >= 0` (a network that does not fit the task is refused so
+    too, src/modules/supervised.py); with `name_the_key`, the setting the message is
     about too (`optimizer.lr (torch.optim.RMSprop): Invalid learning rate: -1`). A check of the
     project's own names its argument (src/checks.py): `model.net.hidden_dim=0 is out of range`.
     Anything else, as a _target_ that does not exist, keeps its own words and traceback."""

@@ -15,13 +15,13 @@ from src.config import (
     SIGNED,
     TrainerSchema,
     register,
-    signed_schema,
     validate,
 )
 from src.data import MNISTDataModule
 from src.models import CNN, MLP, DigitClassifier, LogicGateNet
 from src.modules import DigitModule, GateModule
 from src.schedules import RUN_LENGTH
+from src.signatures import signed_schema
 from tests.conftest import REPO
 
 
