@@ -45,7 +45,7 @@ def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# --- optimizer/, scheduler/, data/, model/net/: schemas from signatures -------------------------
+# --- optimizer/, scheduler/, data/, model/net/, pictures/: schemas from signatures ----------------
 
 # The classes a YAML file types itself with, by `/schema/<group>/<class name>` in its defaults
 # list: each schema is the class's own arguments, types and defaults (src/signatures.py). Their
@@ -59,6 +59,7 @@ SIGNED = {
     "data": ("src.data.MNISTDataModule", "src.data.LogicGateDataModule"),
     "net": ("src.models.DigitClassifier", "src.models.LogicGateNet", "src.models.MLP",
             "src.models.CNN"),
+    "callbacks": ("src.callbacks.DigitPictures", "src.callbacks.GatePictures"),
 }  # fmt: skip
 # An optimizer or a schedule is a partial the module hands its first argument (the parameters, the
 # optimizer); its keyword-only arguments (foreach, fused, ...) choose an implementation, not a
@@ -209,25 +210,6 @@ TrainerSchema = dataclasses.make_dataclass(
 )
 
 
-# --- callbacks ----------------------------------------------------------------------------------
-
-
-@dataclass
-class DigitPicturesSchema:
-    _target_: str = MISSING
-    histograms: bool = MISSING
-
-
-@dataclass
-class GatePicturesSchema:
-    _target_: str = MISSING
-    resolution: int = MISSING
-
-    def __post_init__(self):
-        require(self.resolution >= 2, "callbacks.gate_pictures.resolution", self.resolution,
-                "must be at least 2")  # fmt: skip
-
-
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -271,7 +253,6 @@ SCHEMAS = {
     "scheduler": {"base": SchedulerSchema},
     "model": {"module": ModuleSchema},
     "trainer": {"trainer": TrainerSchema},
-    "callbacks": {"digit_pictures": DigitPicturesSchema, "gate_pictures": GatePicturesSchema},
 }
 
 

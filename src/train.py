@@ -186,7 +186,10 @@ def build(cfg: DictConfig):
     # The network is what a user brings; the module around it takes only what its YAML gives.
     with refused_in_one_line("model.net", cfg.model.net):
         model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    callbacks = []
+    for name, node in cfg.get("callbacks", {}).items():
+        with refused_in_one_line(f"callbacks.{name}", node):
+            callbacks.append(instantiate(node))
     # No bar and no summary when the flags say so: Lightning refuses such a bar among the
     # callbacks, and would run such a summary.
     if cfg.trainer.enable_progress_bar is False:

@@ -6,6 +6,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.func import functional_call
 
+from src.checks import at_least
 from src.loggers import tensorboard_writer
 
 HIDDEN_INPUTS = 8  # rows of the hidden-activations picture: a truth table's 4, a few of a cloud's
@@ -25,6 +26,7 @@ class GatePictures(L.Callback):
     """
 
     def __init__(self, resolution: int):
+        at_least(2, resolution=resolution)
         self.resolution = resolution
         self.weights: list[tuple[int, dict[str, torch.Tensor]]] = []  # (step, state_dict)
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
