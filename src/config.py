@@ -350,12 +350,13 @@ def refused_in_one_line(key: str, node: DictConfig, name_the_key: bool = False):
 
 
 def named_key(node: DictConfig, said: str) -> str | None:
-    """The one setting of `node` a message is about: the one it names (`Invalid momentum value`),
-    or else the one whose value it quotes (`Invalid learning rate: -1`); None if not just one."""
+    """The one setting of `node` a message is about: the one it names (`Invalid momentum value`,
+    `Invalid beta parameter` for betas), or else the one whose value it quotes (`Invalid learning
+    rate: -1`); None if not just one."""
     words = set(re.findall(r"[\w.+-]+", said.lower()))
     settings = {k: v for k, v in node.items() if not str(k).startswith("_")}
     for found in (
-        [k for k in settings if str(k).lower() in words],
+        [k for k in settings if {str(k).lower(), str(k).lower().removesuffix("s")} & words],
         [k for k, v in settings.items() if str(v).lower() in words],
     ):
         if len(found) == 1:
