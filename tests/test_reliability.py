@@ -538,7 +538,7 @@ HOSTILE = {
     "wrong type": (lambda c: net(c).update(hidden_dim="abc"),
                    "model.net.hidden_dim='abc' is not of type int"),
     "negative size": (lambda c: net(c).update(hidden_dim=-5),
-                      "model.net cannot be built (RuntimeError: Trying to create tensor"),
+                      "model.net cannot be built (ValueError: hidden_dim=-5 is out of range"),
     "a tensor for a value": (lambda c: net(c).update(hidden_dim=torch.tensor([3])),
                              "model.net.hidden_dim holds a Tensor, not a plain value"),
     "not a mapping": (lambda checkpoint: checkpoint.update(config=["model", "data"]),
