@@ -166,17 +166,25 @@ class Member:
 
     @contextlib.contextmanager
     def running(self):
-        """Run this member's code: with its random numbers, its lines in its own train.log."""
+        """Run this member's code: with its random numbers (the CPU's, and its GPU's when it is
+        on one), its lines in its own train.log."""
         import torch
 
+        device = getattr(self.module, "device", None)
+        cuda = torch.cuda if device is not None and device.type == "cuda" else None
         token = MEMBER.set(self.index)
-        outer = torch.get_rng_state()
-        torch.set_rng_state(self.random_state)
+        outer = torch.get_rng_state(), cuda.get_rng_state(device) if cuda else None
+        torch.set_rng_state(self.random_state[0])
+        if cuda:
+            cuda.set_rng_state(self.random_state[1] if self.random_state[1] is not None
+                               else outer[1], device)  # fmt: skip
         try:
             yield
         finally:
-            self.random_state = torch.get_rng_state()
-            torch.set_rng_state(outer)
+            self.random_state = torch.get_rng_state(), cuda.get_rng_state(device) if cuda else None
+            torch.set_rng_state(outer[0])
+            if cuda:
+                cuda.set_rng_state(outer[1], device)
             MEMBER.reset(token)
 
 
@@ -195,7 +203,14 @@ def train_population(configs: list[DictConfig], hydra_context) -> list[JobReturn
                 members.append(member)
         if members:
             with member_logs(members):
-                fit_and_test(members)
+                try:
+                    fit_and_test(members)
+                except Exception as err:  # the population's own fit: every member it held
+                    from src.run_record import failed
+
+                    for m in members:
+                        if m.active:
+                            m.record = failed(err, m.cfg, m.run_dir, m.overrides, in_sweep=True)
     by_dir = {m.run_dir: m for m in members}
     for ret in returns:
         member = by_dir.get(Path(ret.working_dir)) if ret.working_dir else None
@@ -248,7 +263,7 @@ def build_member(member: Member, cfg: DictConfig, raw: dict, build) -> None:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
     member.cfg, member.datamodule, member.module = cfg, datamodule, module
-    member.random_state = torch.get_rng_state()
+    member.random_state = torch.get_rng_state(), None  # a GPU's from its first step on
     member.callbacks = [*trainer.callbacks, ConfigInCheckpoints(raw), StopTogether()]
     member.loggers = list(trainer.loggers)
     member.trainer_cfg = cfg.trainer

@@ -45,17 +45,16 @@ class PopulationModule(L.LightningModule):
     def log_member(self, member: Member, name: str, value, *args, **kwargs) -> None:
         self.log(f"{member.index}{SEPARATOR}{name}", value, *args, **kwargs)
 
-    def each(self, hook: str, *args, stop_on_divergence: bool = False) -> list:
-        """Call `hook` of every active member, in its own context; a member that diverges stops."""
+    def each(self, hook: str, *args) -> list:
+        """Call `hook` of every active member, in its own context; a member whose code raises
+        (it diverged, say) stops."""
         results = []
         for m in [m for m in self.population if m.active]:
             with m.running():
                 try:
                     results.append(getattr(m.module, hook)(*args))
-                except Diverged as err:
-                    if not stop_on_divergence:
-                        raise
-                    stop_diverged(m, err)
+                except Exception as err:
+                    stop(m, err)
         return results
 
     # --- Lightning's hooks, passed to each member -------------------------------------------
@@ -67,14 +66,14 @@ class PopulationModule(L.LightningModule):
         self.each("on_train_start")
 
     def training_step(self, batch, batch_idx: int):
-        losses = self.each("training_step", batch, batch_idx, stop_on_divergence=True)
+        losses = self.each("training_step", batch, batch_idx)
         losses = [loss for loss in losses if loss is not None]
         if not any(m.active for m in self.population):
             self.trainer.should_stop = True
         return torch.stack(losses).sum() if losses else None
 
     def on_train_epoch_end(self) -> None:
-        self.each("on_train_epoch_end", stop_on_divergence=True)
+        self.each("on_train_epoch_end")
         if not any(m.active for m in self.population):
             self.trainer.should_stop = True
 
@@ -110,11 +109,12 @@ class PopulationModule(L.LightningModule):
                 m.module.load_state_dict(state["state_dict"])
 
 
-def stop_diverged(member: Member, err: Diverged) -> None:
-    """A member diverged: what its run alone does when fit raises (its callbacks and loggers told),
-    and its record, written now; it takes no further step."""
+def stop(member: Member, err: Exception) -> None:
+    """A member's code raised: what its run alone does when fit raises (its callbacks and loggers
+    told), and its record, written now: `diverged`, or `failed` with the error. It takes no
+    further step; the others go on."""
     from src.population import write_member_record
-    from src.run_record import Outcome, fit_metrics
+    from src.run_record import Outcome, failed, fit_metrics
 
     population = member.view.population_trainer.lightning_module
     for callback in member.callbacks:
@@ -122,6 +122,9 @@ def stop_diverged(member: Member, err: Diverged) -> None:
     for logger in member.loggers:
         logger.finalize("failed")
     member.active = False
+    if not isinstance(err, Diverged):
+        member.record = failed(err, member.cfg, member.run_dir, member.overrides, in_sweep=True)
+        return
     metrics = fit_metrics(member.view, member.module)
     seconds = time.perf_counter() - population.fit_started
     write_member_record(member, population.population, metrics, Outcome("diverged", str(err)),
@@ -296,9 +299,12 @@ HOOKS.remove("on_load_checkpoint")
 
 def call_for_members(hooks: list, trainer, pl_module=None, *args, **kwargs) -> None:
     for member, hook in hooks:
-        if member.active:  # a member's run alone ended when it diverged
+        if member.active:  # a member's run alone ended where it raised
             with member.running():
-                hook(member.view, member.module, *args, **kwargs)
+                try:
+                    hook(member.view, member.module, *args, **kwargs)
+                except Exception as err:
+                    stop(member, err)
 
 
 class MemberLogger(Logger):
