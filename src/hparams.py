@@ -1,10 +1,13 @@
 """What TensorBoard's HPARAMS tab shows: a run's settings as its values, a row's name, and a sweep's
-columns. Nothing here imports Lightning: a sweep's parent process writes the columns at its end."""
+columns. Nothing here imports Lightning or torch: a sweep's parent process writes the columns at its
+end, and `python -m src.sweep` and `python -m src.report` rewrite them."""
 
+import time
 from pathlib import Path
 
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.plugins.hparams import summary_v2
-from torch.utils.tensorboard.writer import FileWriter
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 def as_tensorboard_values(settings: dict) -> dict:
@@ -55,6 +58,8 @@ def write_sweep_columns(sweep_dir: Path, jobs: list[dict], metric: str) -> None:
     )
     for old in sweep_dir.glob(f"events.out.tfevents.*{COLUMNS}"):  # from the sweep's earlier end
         old.unlink()
-    writer = FileWriter(str(sweep_dir), filename_suffix=COLUMNS)
-    writer.add_summary(summary)
+    # TensorBoard's own event writer, the one torch's SummaryWriter wraps (torch takes seconds to
+    # import, for one event).
+    writer = EventFileWriter(str(sweep_dir), filename_suffix=COLUMNS)
+    writer.add_event(Event(wall_time=time.time(), summary=summary))
     writer.close()

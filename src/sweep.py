@@ -134,7 +134,7 @@ def write_summary(sweep_dir: Path, metric: str | None = None, mode: str | None =
     table = "\n".join(lines)
     write_text(sweep_dir / "summary.md", table + "\n")
     plot_curves(jobs, metric, sweep_dir / "summary.png")
-    from src.hparams import write_sweep_columns  # torch's event writer: imported only now
+    from src.hparams import write_sweep_columns  # TensorBoard's protobufs: imported only now
 
     write_sweep_columns(sweep_dir, jobs, metric)
     return table
