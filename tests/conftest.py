@@ -1,5 +1,7 @@
 """Shared fixtures: tiny MNIST-format files, the real MNIST when present, and a run helper."""
 
+import ast
+import functools
 import json
 import os
 import struct
@@ -60,6 +62,50 @@ def real_mnist(tmp_path_factory) -> Path:
     for name in IDX_NAMES.values():
         (raw / f"{name}.gz").symlink_to(REAL_MNIST_RAW / f"{name}.gz")
     return root
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: -p no:xdist has none
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n N` (make test) as xdist's default `load` distribution, except that the tests
+    that read one run of a module-scoped fixture named in their module's SHARED_RUNS go to one
+    worker, which makes that run once: `load` deals consecutive tests out in turn, and each
+    worker given one of them would make it again. (xdist's own --dist loadgroup does this for
+    tests marked xdist_group, but under pytest 9.2 it no longer sees its marks.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return shared_run(config.rootpath, nodeid) or nodeid  # else a scope of its own
+
+    return SharedRunScheduling(config, log)
+
+
+@functools.cache
+def shared_runs(path: Path) -> dict[str, str]:
+    """{test function: the SHARED_RUNS fixture it reads} of one test module, from its source: the
+    controller of xdist's workers collects no test, and imports none."""
+    if path.suffix != ".py" or "SHARED_RUNS" not in (source := path.read_text()):
+        return {}
+    tree = ast.parse(source)
+    values = {target.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+              for target in node.targets if isinstance(target, ast.Name)}  # fmt: skip
+    names = ast.literal_eval(values["SHARED_RUNS"])
+    tests = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
+            read = [name for name in names if name in {a.arg for a in node.args.args}]
+            if read:
+                tests[node.name] = read[0]
+    return tests
+
+
+def shared_run(rootpath: Path, nodeid: str) -> str | None:
+    """The scheduling group of a test that reads a SHARED_RUNS fixture, else None."""
+    file, _, name = nodeid.partition("::")
+    fixture = shared_runs(rootpath / file).get(name.split("[")[0])
+    return f"{file}::{fixture}" if fixture else None
 
 
 def run_train(*overrides: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:

@@ -39,6 +39,9 @@ def tiny(tiny_mnist, *overrides: str) -> tuple[str, ...]:
             *overrides)  # fmt: skip
 
 
+SHARED_RUNS = ("long_run",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def long_run(tiny_mnist, tmp_path_factory):
     """+debug=overfit (5 batches an epoch) for 26 epochs, into a file, with the CSV logger."""

@@ -26,6 +26,9 @@ from tests.conftest import REPO, read_metrics, run_train
 LN10 = math.log(10)
 
 
+SHARED_RUNS = ("digit_run",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def digit_run(tiny_mnist, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("digits")

@@ -25,6 +25,9 @@ def base(data):
             "trainer.max_epochs=3")  # fmt: skip
 
 
+SHARED_RUNS = ("uninterrupted",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(base, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("uninterrupted")

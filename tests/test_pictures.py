@@ -38,6 +38,9 @@ def run_module(module: str, *args: str, check: bool = True) -> subprocess.Comple
     return proc
 
 
+SHARED_RUNS = ("digit_run",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def digit_run(tiny_mnist, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("digits")

@@ -179,6 +179,9 @@ def test_a_mode_pil_opens_but_cannot_convert_is_refused_by_name(tmp_path):
         read_digit(tmp_path / "lab.tiff")
 
 
+SHARED_RUNS = ("checkpoint",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tiny_mnist, tmp_path_factory) -> Path:
     """A net that has learnt the tiny data's bands: sure of a horizontal bar, not of a vertical."""

@@ -36,6 +36,9 @@ def base(small_mnist):
     return ("+experiment=mnist_sgd", f"data.data_dir={small_mnist}", "data.val_size=200")
 
 
+SHARED_RUNS = ("uninterrupted", "gate_run")  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(base, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("full")

@@ -112,6 +112,9 @@ def assert_one_ddp_run(run_dir: Path, losses: Path, ranks: int, eval_dir: Path) 
     return metrics
 
 
+SHARED_RUNS = ("one_node",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def one_node(tiny_mnist, tmp_path_factory) -> Path:
     """A torchrun of two ranks on one node, as the README gives it: the folder it ran in."""

@@ -46,6 +46,9 @@ def job_dir(sweep_dir, label: str):
     return sweep_dir / jobs(sweep_dir)[label]["job"]
 
 
+SHARED_RUNS = ("sweep",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def sweep(tiny_mnist, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("sweep")

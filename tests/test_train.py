@@ -39,6 +39,9 @@ def read_hparams(events) -> dict:
     }
 
 
+SHARED_RUNS = ("mnist_run",)  # runs several tests read: each made once (conftest.py)
+
+
 @pytest.fixture(scope="module")
 def mnist_run(tiny_mnist, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mnist_run")
