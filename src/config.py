@@ -311,6 +311,10 @@ def build_optimizer_once(cfg: DictConfig) -> None:
         optimizer.step()
     if not cfg.scheduler:
         return
+    if "schedule" not in cfg.scheduler:
+        raise ConfigError("scheduler has no schedule: a scheduler's YAML holds Lightning's "
+                          "lr_scheduler keys (interval, frequency, ...) and the torch schedule "
+                          "under schedule: (see conf/scheduler/step.yaml)")  # fmt: skip
     node = cfg.scheduler.schedule
     with refused_in_one_line("scheduler.schedule", node, name_the_key=True):
         schedule = instantiate(node)

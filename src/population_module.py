@@ -94,10 +94,7 @@ class PopulationModule(L.LightningModule):
         first = self.population[0].module
         if first.scheduler is None:
             return optimizer
-        config = dict(first.scheduler)
-        schedule = config.pop("schedule")
-        config["scheduler"] = schedule(optimizer, **first.run_length(schedule, config["interval"]))
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return {"optimizer": optimizer, "lr_scheduler": first.lr_scheduler(optimizer)}
 
     def load_last_checkpoints(self) -> None:
         """Before testing, each member's weights from its last checkpoint, as its run alone tests
@@ -268,13 +265,13 @@ class ForMembers(L.Callback):
     state_key = "ForMembers"  # no state of its own: each member's is in that member's checkpoints
 
     def __init__(self, members: list[Member], callbacks: dict[int, list]):
-        self.hooks = {}  # hook name -> [(member, the callback's bound hook), ...]
-        for member in members:
-            for callback in callbacks[member.index]:
-                for name in HOOKS:
-                    hook = getattr(callback, name)
-                    if getattr(type(callback), name) is not getattr(L.Callback, name):
-                        self.hooks.setdefault(name, []).append((member, hook))
+        self.hooks = {}  # hook name -> [(member, its callbacks' bound hooks of that name), ...]
+        for name in HOOKS:
+            for member in members:
+                bound = [getattr(c, name) for c in callbacks[member.index]
+                         if getattr(type(c), name) is not getattr(L.Callback, name)]  # fmt: skip
+                if bound:
+                    self.hooks.setdefault(name, []).append((member, bound))
 
     def __getattribute__(self, name: str):
         hooks = object.__getattribute__(self, "hooks") if name != "hooks" else None
@@ -298,11 +295,12 @@ HOOKS.remove("on_load_checkpoint")
 
 
 def call_for_members(hooks: list, trainer, pl_module=None, *args, **kwargs) -> None:
-    for member, hook in hooks:
+    for member, bound in hooks:
         if member.active:  # a member's run alone ended where it raised
             with member.running():
                 try:
-                    hook(member.view, member.module, *args, **kwargs)
+                    for hook in bound:
+                        hook(member.view, member.module, *args, **kwargs)
                 except Exception as err:
                     stop(member, err)
 

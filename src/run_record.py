@@ -86,12 +86,23 @@ def result(record: dict, cfg: DictConfig, in_sweep: bool) -> float:
 def remove_refused(run_dir: Path) -> None:
     """Remove the directory of a run refused before it began, if it holds only what Hydra wrote
     before the refusal (.hydra/, train.log): nothing in outputs/ looks like a run that was."""
-    # The other ranks of a torchrun leave their logs too (src/ranks.py).
-    written = {p.name for p in run_dir.iterdir() if not p.match("train_ddp_process_*.log")}
+    # The other ranks of a torchrun leave their logs too (src/ranks.py); Lightning opens each
+    # logger before it reads the data, so an unreadable dataset leaves an empty event file.
+    written = {p.name for p in run_dir.iterdir()
+               if not p.match("train_ddp_process_*.log") and not empty_events(p)}  # fmt: skip
     if written <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir)
         with contextlib.suppress(OSError):  # the day's folder, if this was its only run
             run_dir.parent.rmdir()
+
+
+def empty_events(path: Path) -> bool:
+    """Whether `path` is a TensorBoard event file holding nothing but its header."""
+    if not path.name.startswith("events.out.tfevents.") or not path.is_file():
+        return False
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return all(event.HasField("file_version") for event in EventFileLoader(str(path)).Load())
 
 
 def no_room_message(err: OSError, run_dir: Path) -> str:

@@ -12,7 +12,7 @@ from torchvision.transforms import ToTensor
 
 from src.data import LogicGateDataModule, MNISTDataModule
 from src.data.logic_gates import TRUTH_TABLES
-from src.data.mnist import DatasetUnavailable
+from src.data.mnist import DATASETS, DatasetUnavailable
 from src.errors import ConfigError
 from tests.conftest import make_mnist_files, write_idx
 
@@ -175,8 +175,9 @@ def test_train_size_keeps_the_same_first_images_of_the_split(tiny_mnist):
 
 
 def test_unknown_dataset_names_the_valid_ones():
-    with pytest.raises(ValueError, match="dataset='kmnist' is not one of: mnist, fashion_mnist"):
-        MNISTDataModule(data_dir="data", **(SETTINGS | {"dataset": "kmnist"}))
+    valid = ", ".join(DATASETS)
+    with pytest.raises(ValueError, match=f"dataset='emnist_x' is not one of: {valid}$"):
+        MNISTDataModule(data_dir="data", **(SETTINGS | {"dataset": "emnist_x"}))
 
 
 @pytest.mark.parametrize("gate", sorted(TRUTH_TABLES))

@@ -197,7 +197,13 @@ def garbage_pickle_checkpoint(path):
 
 # Each case: overrides, what the one line must say; PLACES in them are made by `prepare`.
 BAD_INPUT = {
-    "unknown optimizer": (["optimizer=sgdd"], ["optimizer=sgdd is not one of: adam, adamw, sgd"]),
+    "unknown optimizer": (
+        ["optimizer=sgdd"],
+        [
+            "optimizer=sgdd is not one of: "
+            + ", ".join(sorted(path.stem for path in (REPO / "conf" / "optimizer").glob("*.yaml")))
+        ],
+    ),
     "wrong type": (["optimizer.lr=abc"], ["optimizer.lr", "'abc'"]),
     "negative lr": (["optimizer.lr=-1"], ["optimizer.lr (torch.optim.SGD): Invalid learning rate"]),
     "infinite lr": (["optimizer.lr=inf"], ["optimizer.lr=inf", "must be a finite number > 0"]),
@@ -302,7 +308,7 @@ def test_bad_input_is_refused_with_one_message(case, base, tmp_path):
     for text in [*expected, *extra]:
         assert fill(text) in output, output
     assert "Traceback" not in output
-    assert not (run_dir / "metrics.json").exists()
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())  # a refusal leaves none
     assert not (tmp_path / "pwned").exists()
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassCalibrationError
@@ -268,10 +269,16 @@ class SupervisedModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler is None:
             return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer) -> dict:
+        """Lightning's lr_scheduler dict: the config's, with its schedule built on `optimizer`."""
         config = dict(self.scheduler)
         schedule = config.pop("schedule")
-        config["scheduler"] = schedule(optimizer, **self.run_length(schedule, config["interval"]))
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        # Lightning's own default for a schedule that names no interval.
+        interval = config.setdefault("interval", LRSchedulerConfig.interval)
+        config["scheduler"] = schedule(optimizer, **self.run_length(schedule, interval))
+        return config
 
     def run_length(self, schedule: functools.partial, interval: str) -> dict[str, int]:
         """The run's length for a schedule that runs over the whole run: steps or epochs by
