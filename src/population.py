@@ -50,6 +50,11 @@ CALLBACKS = (
     "lightning.pytorch.callbacks.ModelSummary", "lightning.pytorch.callbacks.LearningRateMonitor",
 )  # fmt: skip
 LOGGERS = ("src.loggers.TensorBoardLogger", "src.loggers.CSVLogger")
+# PyTorch's schedules whose state holds per parameter group only its base and last rates (a
+# member's share of them is its own group's entry; the rest is every member's).
+SCHEDULES = tuple(f"torch.optim.lr_scheduler.{name}" for name in (
+    "CosineAnnealingLR", "OneCycleLR", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR",
+    "ConstantLR"))  # fmt: skip
 SEPARATOR = "|"  # a member's logged names: "<index>|train/loss"
 MEMBER = contextvars.ContextVar("member", default=None)  # whose code is running now
 
@@ -82,20 +87,40 @@ def alone_because(cfg: DictConfig, run_dir: Path) -> str | None:
         if node is not None and node.get("_target_") not in LOGGERS:
             return f"its logger {key} ({node.get('_target_')}) is not one a member can have"
     schedule = (cfg.get("scheduler") or {}).get("schedule") or {}
-    if "ReduceLROnPlateau" in str(schedule.get("_target_")):
+    target = schedule.get("_target_")
+    if "ReduceLROnPlateau" in str(target):
         return "ReduceLROnPlateau follows its own run's metric"
+    if target is not None and target not in SCHEDULES:
+        return f"its schedule {target} keeps a state a population cannot yet cut per member"
     return None
 
 
 def loop_key(cfg: DictConfig) -> str:
     """What members of one population share: the whole config, less the optimizer's values (its
-    class stays) and the run's name."""
-    plain = OmegaConf.to_container(cfg, resolve=False)
+    class stays) and the run's name. A value that follows one of the optimizer's (OneCycleLR's
+    max_lr: ${optimizer.lr}) is compared as it resolves, so it parts jobs that differ in it."""
+    plain = settled(cfg)
     plain.pop("hydra", None)
     plain.pop("name", None)
     optimizer = plain.get("optimizer") or {}
     plain["optimizer"] = {k: v for k, v in optimizer.items() if k in ("_target_", "_partial_")}
     return json.dumps(plain, sort_keys=True, default=str)
+
+
+def settled(node):
+    """A config as plain values, each interpolation resolved where it resolves before the job
+    runs; one that needs the job's own run (its folder) is left as written."""
+    if not OmegaConf.is_config(node):
+        return node
+    keys = range(len(node)) if OmegaConf.is_list(node) else list(node.keys())
+    values = []
+    for key in keys:
+        try:
+            value = node[key]
+        except Exception:  # an interpolation of the job's run, as ${hydra:runtime.output_dir}
+            value = OmegaConf.to_container(node, resolve=False)[key]
+        values.append(settled(value))
+    return values if OmegaConf.is_list(node) else dict(zip(keys, values, strict=True))
 
 
 def job_dir(cfg: DictConfig) -> Path:

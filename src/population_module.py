@@ -18,6 +18,7 @@ from src.names import LAST_CKPT
 from src.population import MEMBER, SEPARATOR, Member
 
 LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")
+PER_GROUP = ("base_lrs", "_last_lr")  # keys of a PyTorch schedule's state_dict, one per group
 
 
 class PopulationModule(L.LightningModule):
@@ -213,12 +214,8 @@ def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
         states = {c.state_key: c.state_dict() for c in member.callbacks}
         checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
         checkpoint["optimizer_states"] = [optimizer_state(trainer.optimizers[0], member)]
-        checkpoint["lr_schedulers"] = [
-            schedule_state(
-                c.scheduler.state_dict(), member, len(trainer.optimizers[0].param_groups)
-            )
-            for c in trainer.lr_scheduler_configs
-        ]
+        checkpoint["lr_schedulers"] = [schedule_state(c.scheduler.state_dict(), member)
+                                       for c in trainer.lr_scheduler_configs]  # fmt: skip
         precision = trainer.precision_plugin.state_dict()
         if precision:
             checkpoint[type(trainer.precision_plugin).__qualname__] = precision
@@ -246,12 +243,11 @@ def optimizer_state(optimizer: torch.optim.Optimizer, member: Member) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def schedule_state(state: dict, member: Member, groups: int) -> dict:
-    """A schedule's state_dict for the member's group alone: the per-group lists (base rates,
-    last rates, ...) cut to its entry."""
+def schedule_state(state: dict, member: Member) -> dict:
+    """A schedule's state_dict for the member's group alone: its base and last rates cut to its
+    own entry (the schedules a population takes keep nothing else per group, SCHEDULES)."""
     index = member.index  # one parameter group per member, in member order
-    return {k: [v[index]] if isinstance(v, list) and len(v) == groups else v
-            for k, v in state.items()}  # fmt: skip
+    return {k: [v[index]] if k in PER_GROUP else v for k, v in state.items()}
 
 
 # --- callbacks and loggers ----------------------------------------------------------------------

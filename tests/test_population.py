@@ -37,6 +37,7 @@ def compose_train(*overrides: str):
         (["+callbacks.mine._target_=tests.user_code.Anything"], "its callback mine"),
         (["logger=mlflow"], "its logger mlflow"),
         (["scheduler=plateau"], "ReduceLROnPlateau follows its own run's metric"),
+        (["+scheduler.schedule._target_=torch.optim.lr_scheduler.CyclicLR"], "its schedule"),
         (["ckpt_path=/some/last.ckpt"], "it continues from its own checkpoint"),
     ],
 )
@@ -53,6 +54,11 @@ def test_members_share_all_but_the_optimizers_values_and_the_name():
     for other in (["optimizer=adam"], ["data.batch_size=32"], ["seed=1"], ["model.net=mlp"],
                   ["trainer.max_epochs=3"], ["scheduler=cosine"]):  # fmt: skip
         assert loop_key(compose_train(*other)) != key, other
+    # A schedule's value that follows the learning rate parts the jobs (OneCycleLR's max_lr).
+    cosine = loop_key(compose_train("scheduler=cosine"))
+    assert loop_key(compose_train("scheduler=cosine", "optimizer.lr=0.5")) == cosine
+    onecycle = loop_key(compose_train("scheduler=onecycle"))
+    assert loop_key(compose_train("scheduler=onecycle", "optimizer.lr=0.5")) != onecycle
 
 
 def sweep(tiny_mnist, sweep_dir, launcher: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -80,9 +86,10 @@ def scalars(run_dir):
 @pytest.mark.slow
 def test_each_member_leaves_the_folder_its_job_alone_leaves(tiny_mnist, tmp_path):
     together, alone = tmp_path / "population", tmp_path / "basic"
-    proc = sweep(tiny_mnist, together, "population", RATES)
+    # A schedule over the run: each member's rates and its schedule's state are its own.
+    proc = sweep(tiny_mnist, together, "population", RATES, "scheduler=cosine")
     output = proc.stdout + proc.stderr
-    sweep(tiny_mnist, alone, "basic", RATES)
+    sweep(tiny_mnist, alone, "basic", RATES, "scheduler=cosine")
     names = sorted(p.parent.name for p in alone.glob("*/metrics.json"))
     assert names == sorted(p.parent.name for p in together.glob("*/metrics.json"))
     assert ("population of 3 trains together: optimizer.lr=1000000.0, optimizer.lr=0.1, "
@@ -121,10 +128,9 @@ def test_each_member_leaves_the_folder_its_job_alone_leaves(tiny_mnist, tmp_path
         assert ckpt.keys() == other.keys() and ckpt["callbacks"].keys() == other["callbacks"].keys()
         for key, weight in other["state_dict"].items():
             assert torch.equal(ckpt["state_dict"][key], weight), (name, key)
-        assert (
-            ckpt["optimizer_states"][0]["param_groups"]
-            == other["optimizer_states"][0]["param_groups"]
-        )
+        mine_groups = ckpt["optimizer_states"][0]["param_groups"]
+        assert mine_groups == other["optimizer_states"][0]["param_groups"], name
+        assert ckpt["lr_schedulers"] == other["lr_schedulers"], name
         assert (ckpt["loops"], ckpt["config"], ckpt["global_step"]) == (
             other["loops"], other["config"], other["global_step"])  # fmt: skip
     assert statuses == {"optimizer.lr=1000000.0": "diverged", "optimizer.lr=0.1": "completed",
@@ -144,7 +150,7 @@ def test_each_member_leaves_the_folder_its_job_alone_leaves(tiny_mnist, tmp_path
 
     # The same sweep run again leaves its finished jobs as they are.
     before = {p.parent.name: p.read_text() for p in together.glob("*/metrics.json")}
-    again = sweep(tiny_mnist, together, "population", RATES)
+    again = sweep(tiny_mnist, together, "population", RATES, "scheduler=cosine")
     assert (again.stdout + again.stderr).count("trains alone: it finished earlier") == 3
     assert {p.parent.name: p.read_text() for p in together.glob("*/metrics.json")} == before
 
