@@ -37,7 +37,10 @@ def compose_train(*overrides: str):
         (["+callbacks.mine._target_=tests.user_code.Anything"], "its callback mine"),
         (["logger=mlflow"], "its logger mlflow"),
         (["scheduler=plateau"], "ReduceLROnPlateau follows its own run's metric"),
-        (["+scheduler.schedule._target_=torch.optim.lr_scheduler.CyclicLR"], "its schedule"),
+        (
+            ["scheduler=step", "scheduler.schedule._target_=torch.optim.lr_scheduler.CyclicLR"],
+            "its schedule torch.optim.lr_scheduler.CyclicLR keeps a state",
+        ),
         (["ckpt_path=/some/last.ckpt"], "it continues from its own checkpoint"),
     ],
 )
