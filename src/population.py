@@ -64,8 +64,10 @@ MEMBER = contextvars.ContextVar("member", default=None)  # whose code is running
 
 def alone_because(cfg: DictConfig, run_dir: Path) -> str | None:
     """Why this job cannot be a population's member; None if it can."""
+    from src.run_record import FINISHED
+
     previous = read_json(run_dir / RECORD) or {}
-    if previous.get("status") in ("completed", "diverged"):
+    if previous.get("status") in FINISHED:
         return "it finished earlier"
     if cfg.get("ckpt_path") or (run_dir / LAST_CKPT).is_file():
         return "it continues from its own checkpoint"
@@ -180,7 +182,6 @@ class Member:
     overrides: list[str]
     module: object = None
     datamodule: object = None
-    trainer_cfg: DictConfig | None = None
     callbacks: list = dataclasses.field(default_factory=list)
     loggers: list = dataclasses.field(default_factory=list)
     optimizer: object = None  # its own optimizer: its parameter group is the population's
@@ -216,7 +217,9 @@ class Member:
 def train_population(configs: list[DictConfig], hydra_context) -> list[JobReturn]:
     """Set up each member in its own folder (through Hydra's run_job, as a job alone), fit them
     together, test them, and write each member's record."""
-    members, returns = [], []
+    from src.run_record import failed, objective
+
+    everyone, returns = [], []
     with contextlib.ExitStack() as held:
         for index, cfg in enumerate(configs):
             member = Member(index, cfg, job_dir(cfg), [])
@@ -224,24 +227,18 @@ def train_population(configs: list[DictConfig], hydra_context) -> list[JobReturn
             returns.append(run_job(hydra_context=hydra_context, task_function=task, config=cfg,
                                    job_dir_key="hydra.sweep.dir",
                                    job_subdir_key="hydra.sweep.subdir"))  # fmt: skip
-            if member.module is not None:
-                members.append(member)
+            everyone.append(member)
+        members = [m for m in everyone if m.module is not None]  # those set up
         if members:
             with member_logs(members):
                 try:
                     fit_and_test(members)
                 except Exception as err:  # the population's own fit: every member it held
-                    from src.run_record import failed
-
                     for m in members:
                         if m.active:
                             m.record = failed(err, m.cfg, m.run_dir, m.overrides, in_sweep=True)
-    by_dir = {m.run_dir: m for m in members}
-    for ret in returns:
-        member = by_dir.get(Path(ret.working_dir)) if ret.working_dir else None
-        if member is not None and member.record is not None:
-            from src.run_record import objective
-
+    for ret, member in zip(returns, everyone, strict=True):
+        if member.record is not None:
             ret.return_value = objective(member.record, member.cfg)
     return returns
 
@@ -291,7 +288,6 @@ def build_member(member: Member, cfg: DictConfig, raw: dict, build) -> None:
     member.random_state = torch.get_rng_state(), None  # a GPU's from its first step on
     member.callbacks = [*trainer.callbacks, ConfigInCheckpoints(raw), StopTogether()]
     member.loggers = list(trainer.loggers)
-    member.trainer_cfg = cfg.trainer
 
 
 @contextlib.contextmanager
@@ -325,13 +321,13 @@ def fit_and_test(members: list[Member]) -> None:
 
     from src.population_module import PopulationModule, member_trainer_parts
     from src.run_record import Outcome, fit_metrics
-    from src.train import fit
+    from src.train import fit, test
 
     first = members[0]
     population = PopulationModule(members)
     callbacks, loggers = member_trainer_parts(members)
     # Each member's summary comes from its own ModelSummary; the population's would be no one's.
-    trainer = instantiate(first.trainer_cfg, callbacks=callbacks, logger=loggers,
+    trainer = instantiate(first.cfg.trainer, callbacks=callbacks, logger=loggers,
                           default_root_dir=str(first.run_dir.parent),
                           enable_model_summary=False)  # fmt: skip
     population.attach(trainer)
@@ -340,27 +336,14 @@ def fit_and_test(members: list[Member]) -> None:
     active = [m for m in members if m.active]
     metrics = {m.index: fit_metrics(m.view, m.module) for m in active}
     if outcome.status == "completed" and active:
-        outcome = test(trainer, population, first.datamodule)
+        # Each member's weights from its last checkpoint, as its run alone tests that file.
+        population.load_last_checkpoints()
+        outcome = test(trainer, population, first.datamodule, None)
     for m in active:
         last = m.run_dir / LAST_CKPT
         tested = last if outcome.status == "completed" and last.is_file() else None
         member_outcome = Outcome(outcome.status, outcome.error, tested)
         write_member_record(m, members, metrics[m.index], member_outcome, fit_seconds)
-
-
-def test(trainer, population, datamodule):
-    """Test the members' last weights, those of the last checkpoint each keeps, as src.train
-    tests a run's; how it ended."""
-    from src.callbacks import stop_asked
-    from src.run_record import Outcome
-
-    if stop_asked(trainer):
-        return Outcome("interrupted", "stopped by SIGTERM before testing")
-    population.load_last_checkpoints()
-    trainer.test(population, datamodule=datamodule, verbose=False)
-    if stop_asked(trainer):
-        return Outcome("interrupted", "stopped by SIGTERM while testing")
-    return Outcome("completed")
 
 
 def write_member_record(member: Member, members: list[Member], metrics: dict, outcome,

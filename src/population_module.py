@@ -1,6 +1,6 @@
 """The LightningModule that holds a population's members, and what each member sees of the one
 Trainer that fits them: a view of it (`MemberTrainer`), its callbacks called with that view
-(`ForMember`), its loggers fed its own metrics (`MemberLogger`). See src/population.py."""
+(`ForMembers`), its loggers fed its own metrics (`MemberLogger`). See src/population.py."""
 
 import dataclasses
 import functools
@@ -98,8 +98,8 @@ class PopulationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": first.lr_scheduler(optimizer)}
 
     def load_last_checkpoints(self) -> None:
-        """Before testing, each member's weights from its last checkpoint, as its run alone tests
-        them (the same weights when the fit ended at an epoch's end)."""
+        """Each active member's weights from its last checkpoint (the same weights when the fit
+        ended at an epoch's end)."""
         for m in self.population:
             last = m.run_dir / LAST_CKPT
             if m.active and last.is_file():
@@ -222,8 +222,9 @@ def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
     if module.hparams:
         checkpoint[module.CHECKPOINT_HYPER_PARAMS_KEY] = dict(module.hparams)
     datamodule = trainer.datamodule
-    if datamodule is not None and datamodule.state_dict():
-        checkpoint[type(datamodule).__qualname__] = datamodule.state_dict()
+    data_state = datamodule.state_dict() if datamodule is not None else None
+    if data_state:
+        checkpoint[type(datamodule).__qualname__] = data_state
     if not weights_only:
         for callback in member.callbacks:
             callback.on_save_checkpoint(view, module, checkpoint)

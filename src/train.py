@@ -128,7 +128,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     fit_seconds = time.perf_counter() - start
     metrics = fit_metrics(trainer, model)
     if outcome.status == "completed":
-        outcome = test(trainer, model, datamodule, run_dir)
+        last_ckpt = run_dir / LAST_CKPT
+        outcome = test(trainer, model, datamodule, last_ckpt if last_ckpt.is_file() else None)
     record = run_record(cfg, run_dir, trainer, model, metrics, outcome, fit_seconds)
     if finding:
         record["lr_find"] = {"suggestion": suggestion, "plot": LR_FIND_PLOT}
@@ -158,15 +159,13 @@ def fit(trainer, model, datamodule, ckpt_path: str | None) -> Outcome:
     return Outcome("completed")
 
 
-def test(trainer, model, datamodule, run_dir: Path) -> Outcome:
-    """Test a completed fit's last weights, those of a file that stays (the last epoch's): src.eval
-    of it gives these numbers. How it ended."""
+def test(trainer, model, datamodule, tested: Path | None) -> Outcome:
+    """Test a completed fit's last weights, those of a file that stays (`tested`, the last epoch's
+    checkpoint; None: the weights in memory): src.eval of it gives these numbers. How it ended."""
     from src.callbacks import stop_asked
 
     if stop_asked(trainer):  # after fit's last check for one
         return Outcome("interrupted", "stopped by SIGTERM before testing")
-    last_ckpt = run_dir / LAST_CKPT
-    tested = last_ckpt if last_ckpt.is_file() else None
     trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True, verbose=False)
     if stop_asked(trainer):  # Lightning's test loop runs on through a SIGTERM
         return Outcome("interrupted", "stopped by SIGTERM while testing")

@@ -16,6 +16,7 @@ from src.config import register
 from src.eval import evaluate
 from src.population import alone_because, loop_key
 from tests.conftest import REPO, read_metrics
+from tests.test_sweep import run_sweep
 
 # A rate that diverges on the tiny files (its loss explodes), and two that learn.
 RATES = "optimizer.lr=1e6,0.1,0.01"
@@ -65,16 +66,9 @@ def test_members_share_all_but_the_optimizers_values_and_the_name():
 
 
 def sweep(tiny_mnist, sweep_dir, launcher: str, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "src.train", "-m", "+experiment=mnist_sgd",
-        f"data.data_dir={tiny_mnist}", "data.val_size=100", "trainer.max_epochs=2",
-        "trainer.log_every_n_steps=3", f"hydra/launcher={launcher}",
-        f"hydra.sweep.dir={sweep_dir}", *overrides,
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+    """test_sweep's tiny MNIST sweep, under `launcher`, into `sweep_dir`."""
+    return run_sweep(tiny_mnist, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}",
+                     *overrides)  # fmt: skip
 
 
 def scalars(run_dir):
