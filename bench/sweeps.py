@@ -8,7 +8,9 @@ time and its ratio to the basic launcher's in the same round (median over rounds
 basic launcher, each taken from the first to the last line of the job's train.log.
 
     python bench/sweeps.py +experiment=mnist_sgd +sweep=mnist_optimizers [--rounds 2]
-        [--launchers population,basic,joblib] [-- more overrides]
+        [--launchers population,population2,basic,joblib] [-- more overrides]
+
+(population2: the population launcher with two worker processes, as joblib's here.)
 """
 
 import argparse
@@ -23,7 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "bench" / "sweeps"
-LAUNCHERS = {"population": ["hydra/launcher=population"], "basic": ["hydra/launcher=basic"],
+LAUNCHERS = {"population": ["hydra/launcher=population"],
+             "population2": ["hydra/launcher=population", "hydra.launcher.n_jobs=2"],
+             "basic": ["hydra/launcher=basic"],
              "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}  # fmt: skip
 
 
@@ -53,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="+")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--launchers", default="population,basic,joblib")
+    parser.add_argument("--launchers", default="population,population2,basic,joblib")
     args = parser.parse_args()
     launchers = args.launchers.split(",")
     times = {name: [] for name in launchers}
@@ -71,7 +75,15 @@ def main() -> None:
     for name in launchers:
         print(f"| {name} | {statistics.median(times[name]):.1f} | "
               f"{statistics.median(ratios[name]):.2f}× |")  # fmt: skip
-    together, alone = records(OUT / "population"), records(OUT / "basic")
+    alone = records(OUT / "basic")
+    for launcher in [name for name in launchers if name.startswith("population")]:
+        compare(records(OUT / launcher), alone, launcher)
+    if "population" in launchers:
+        per_population(records(OUT / "population"))
+
+
+def compare(together: dict[str, dict], alone: dict[str, dict], launcher: str) -> None:
+    """The largest differences of a job's test/acc and val/loss between `launcher` and basic."""
     worst = {"test/acc (points)": 0.0, "val/loss": 0.0}
     for name, record in alone.items():
         mine = together[name]
@@ -80,7 +92,11 @@ def main() -> None:
             worst["test/acc (points)"] = max(worst["test/acc (points)"], gap)
         if record.get("val/loss") is not None and mine.get("val/loss") is not None:
             worst["val/loss"] = max(worst["val/loss"], abs(mine["val/loss"] - record["val/loss"]))
-    print(f"\nlargest differences population - basic over {len(alone)} jobs: {worst}")
+    print(f"\nlargest differences {launcher} - basic over {len(alone)} jobs: {worst}")
+
+
+def per_population(together: dict[str, dict]) -> None:
+    """Each population's time (one worker) against its jobs' one by one under basic."""
     groups = {tuple(r["population"]) for r in together.values() if "population" in r}
     print("\n| population (members) | its time (s) | its jobs alone (s) | speed-up |")
     print("| --- | --- | --- | --- |")

@@ -8,9 +8,15 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 
 from src.console import quiet_console
+from src.errors import InputError
 from src.ranks import rank_overrides
 
 
@@ -34,6 +40,11 @@ def run_command_line(main: Callable[[], object]) -> None:
         main()
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as err:
         print(f"error: {composition_error(err, args)}", file=sys.stderr)
+        sys.exit(2)
+    except InstantiationException as err:  # Hydra building a plugin of this project's
+        if not isinstance(err.__cause__, InputError):
+            raise
+        print(f"error: {err.__cause__}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -3,9 +3,12 @@ a training loop are fitted together, in one Lightning fit of a module that holds
 each leaves the folder it would leave alone.
 
 Who trains together: jobs whose configs are equal but for the optimizer's values (learning rate,
-momentum, weight decay, betas, ...) and the run's name: the same network, data, seed, batch size,
-schedule, trainer and callbacks. A job trains alone, as under the basic launcher, when no other job
-shares its loop, or when it asks for what a population cannot give it (see `alone_because`).
+momentum, weight decay, betas, ...), the seed (each member's initialization and its own order of
+the training batches) and the run's name: the same network, data, batch size, schedule, trainer
+and callbacks. A job trains alone, as under the basic launcher, when no other job shares its
+loop, or when it asks for what a population cannot give it (see `alone_because`). With
+`hydra.launcher.n_jobs` above 1, the populations and the jobs alone are shared out among that
+many worker processes (`share_out`).
 
 Each member's update is the one it would get alone: the population's optimizer is the members'
 own PyTorch optimizer class with one parameter group per member (each group the member's own
@@ -55,6 +58,10 @@ LOGGERS = ("src.loggers.TensorBoardLogger", "src.loggers.CSVLogger")
 SCHEDULES = tuple(f"torch.optim.lr_scheduler.{name}" for name in (
     "CosineAnnealingLR", "OneCycleLR", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR",
     "ConstantLR"))  # fmt: skip
+# The datamodules whose seed (`data.seed`, the run's by default) chooses the order of the
+# training batches and nothing else: their validation and test sets are every member's, whatever
+# its seed (MNIST's split follows data.split_seed; the gates' table is fixed).
+SEED_ORDERS_ONLY = ("src.data.MNISTDataModule", "src.data.LogicGateDataModule")
 SEPARATOR = "|"  # a member's logged names: "<index>|train/loss"
 MEMBER = contextvars.ContextVar("member", default=None)  # whose code is running now
 
@@ -99,11 +106,17 @@ def alone_because(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def loop_key(cfg: DictConfig) -> str:
     """What members of one population share: the whole config, less the optimizer's values (its
-    class stays) and the run's name. A value that follows one of the optimizer's (OneCycleLR's
-    max_lr: ${optimizer.lr}) is compared as it resolves, so it parts jobs that differ in it."""
+    class stays), the run's name and, for data whose seed only orders the training batches, the
+    seed (each member's initialization and order are its own). A value that follows one of the
+    optimizer's (OneCycleLR's max_lr: ${optimizer.lr}) is compared as it resolves, so it parts
+    jobs that differ in it."""
     plain = settled(cfg)
     plain.pop("hydra", None)
     plain.pop("name", None)
+    data = plain.get("data") or {}
+    if data.get("_target_") in SEED_ORDERS_ONLY:  # each member draws its own batches
+        plain.pop("seed", None)
+        data.pop("seed", None)
     optimizer = plain.get("optimizer") or {}
     plain["optimizer"] = {k: v for k, v in optimizer.items() if k in ("_target_", "_partial_")}
     return json.dumps(plain, sort_keys=True, default=str)
@@ -148,25 +161,64 @@ def plan(configs: list[DictConfig]) -> tuple[list[list[int]], dict[int, str]]:
     return populations, alone
 
 
-def launch(configs: list[DictConfig], hydra_context, task_function) -> list[JobReturn]:
-    """Run the sweep's jobs: each population as one fit, the others one by one; their returns
-    in the sweep's order."""
+def launch(configs: list[DictConfig], hydra_context, task_function,
+           workers: int = 1) -> list[JobReturn]:  # fmt: skip
+    """Run the sweep's jobs: each population as one fit, the others one by one, in this process or
+    shared out among `workers` processes; their returns in the sweep's order."""
     populations, alone = plan(configs)
-    runs: dict[int, JobReturn] = {}
-    first_of = {members[0]: members for members in populations}
-    for index, cfg in enumerate(configs):
-        if index in alone:
-            log.info("%s trains alone: %s", job_dir(cfg).name, alone[index])
-            runs[index] = run_job(hydra_context=hydra_context, task_function=task_function,
-                                  config=cfg, job_dir_key="hydra.sweep.dir",
-                                  job_subdir_key="hydra.sweep.subdir")  # fmt: skip
-        elif index in first_of:
-            members = first_of[index]
-            names = ", ".join(job_dir(configs[i]).name for i in members)
-            log.info("population of %d trains together: %s", len(members), names)
-            returns = train_population([configs[i] for i in members], hydra_context)
-            runs.update(zip(members, returns, strict=True))
+    tasks = share_out(populations, sorted(alone), workers)
+    for task in tasks:
+        if len(task) == 1:
+            log.info("%s trains alone: %s", job_dir(configs[task[0]]).name, alone[task[0]])
+        else:
+            names = ", ".join(job_dir(configs[i]).name for i in task)
+            log.info("population of %d trains together: %s", len(task), names)
+    jobs = [[configs[i] for i in task] for task in tasks]
+    if workers == 1:
+        returns = [run_task(task, hydra_context, task_function) for task in jobs]
+    else:
+        from hydra.core.singleton import Singleton
+        from joblib import Parallel, delayed
+
+        state = Singleton.get_state()
+        returns = Parallel(n_jobs=workers, backend="loky")(
+            delayed(run_task)(task, hydra_context, task_function, state) for task in jobs
+        )
+    runs = {i: ret for task, rets in zip(tasks, returns, strict=True)
+            for i, ret in zip(task, rets, strict=True)}  # fmt: skip
     return [runs[i] for i in range(len(configs))]
+
+
+def share_out(populations: list[list[int]], alone: list[int], workers: int) -> list[list[int]]:
+    """The sweep's tasks, largest first: each population, and each job alone. While the workers
+    outnumber the tasks, the largest population of four or more is split in two (a population
+    shares less, but both halves train at once)."""
+    tasks = [list(p) for p in populations] + [[i] for i in alone]
+    while len(tasks) < workers:
+        largest = max(tasks, key=len)
+        if len(largest) < 4:
+            break
+        tasks.remove(largest)
+        half = (len(largest) + 1) // 2
+        tasks += [largest[:half], largest[half:]]
+    return sorted(tasks, key=len, reverse=True)
+
+
+def run_task(task: list[DictConfig], hydra_context, task_function,
+             singleton_state: dict | None = None) -> list[JobReturn]:  # fmt: skip
+    """A job alone (as Hydra's basic launcher runs it) or a population; in a worker process,
+    Hydra's state first, as Hydra's joblib launcher sets it in its workers."""
+    if singleton_state is not None:
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import setup_globals
+
+        setup_globals()
+        Singleton.set_state(singleton_state)
+    if len(task) > 1:
+        return train_population(task, hydra_context)
+    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=task[0],
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
+    return [ret]
 
 
 # --- one population -----------------------------------------------------------------------------
@@ -185,6 +237,8 @@ class Member:
     callbacks: list = dataclasses.field(default_factory=list)
     loggers: list = dataclasses.field(default_factory=list)
     optimizer: object = None  # its own optimizer: its parameter group is the population's
+    loader: int = 0  # which of the population's training loaders is its own (PopulationData)
+    outputs: dict | None = None  # its last training step's, as Lightning hands them on
     random_state: object = None
     view: object = None
     record: dict | None = None  # written once it ends
@@ -247,6 +301,7 @@ def prepare(member: Member, held: contextlib.ExitStack, cfg: DictConfig) -> floa
     """Hydra's task for a member: what `src.train` does before fitting, in the member's folder
     (its config checked, seeded, its data, module, callbacks and loggers built). Returns NaN,
     replaced by the member's objective once the population has trained."""
+    from src.console import quiet_console
     from src.resume import sole_writer
     from src.run_record import failed
     from src.train import build, load_training_stack
@@ -266,6 +321,7 @@ def prepare(member: Member, held: contextlib.ExitStack, cfg: DictConfig) -> floa
         validate(cfg)
         OmegaConf.resolve(cfg)  # its folder is Hydra's now; later members' folders are others
         load_training_stack()
+        quiet_console()  # as src.train's run, once Lightning is imported
         build_member(member, cfg, raw, build)
     except Exception as err:
         failed(err, cfg, member.run_dir, member.overrides, in_sweep=True)
@@ -282,8 +338,9 @@ def build_member(member: Member, cfg: DictConfig, raw: dict, build) -> None:
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
+    log.info("Seed set to %d", cfg.seed)
     member.cfg, member.datamodule, member.module = cfg, datamodule, module
     member.random_state = torch.get_rng_state(), None  # a GPU's from its first step on
     member.callbacks = [*trainer.callbacks, ConfigInCheckpoints(raw), StopTogether()]
@@ -319,7 +376,7 @@ def fit_and_test(members: list[Member]) -> None:
     """One fit of the population, one test of the members that completed, each member's record."""
     from hydra.utils import instantiate
 
-    from src.population_module import PopulationModule, member_trainer_parts
+    from src.population_module import PopulationData, PopulationModule, member_trainer_parts
     from src.run_record import Outcome, fit_metrics
     from src.train import fit, test
 
@@ -331,14 +388,15 @@ def fit_and_test(members: list[Member]) -> None:
                           default_root_dir=str(first.run_dir.parent),
                           enable_model_summary=False)  # fmt: skip
     population.attach(trainer)
-    outcome = fit(trainer, population, first.datamodule, None)
+    data = PopulationData(members)
+    outcome = fit(trainer, population, data, None)
     fit_seconds = time.perf_counter() - population.fit_started
     active = [m for m in members if m.active]
     metrics = {m.index: fit_metrics(m.view, m.module) for m in active}
     if outcome.status == "completed" and active:
         # Each member's weights from its last checkpoint, as its run alone tests that file.
         population.load_last_checkpoints()
-        outcome = test(trainer, population, first.datamodule, None)
+        outcome = test(trainer, population, data, None)
     for m in active:
         last = m.run_dir / LAST_CKPT
         tested = last if outcome.status == "completed" and last.is_file() else None

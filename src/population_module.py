@@ -4,6 +4,7 @@ Trainer that fits them: a view of it (`MemberTrainer`), its callbacks called wit
 
 import dataclasses
 import functools
+import json
 import time
 from typing import Any
 
@@ -11,6 +12,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import CombinedLoader
+from omegaconf import OmegaConf
 from torch import nn
 
 from src.modules import Diverged
@@ -66,9 +69,20 @@ class PopulationModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.each("on_train_start")
 
-    def training_step(self, batch, batch_idx: int):
-        losses = self.each("training_step", batch, batch_idx)
-        losses = [loss for loss in losses if loss is not None]
+    def training_step(self, batches: list, batch_idx: int):
+        """Every active member's own step on its own batch (`PopulationData`)."""
+        losses = []
+        for m in [m for m in self.population if m.active]:
+            with m.running():
+                try:
+                    loss = m.module.training_step(batches[m.loader], batch_idx)
+                except Exception as err:
+                    stop(m, err)
+                    continue
+            # What Lightning hands the member's on_train_batch_end as `outputs`, alone.
+            m.outputs = {"loss": loss.detach().clone()} if loss is not None else {}
+            if loss is not None:
+                losses.append(loss)
         if not any(m.active for m in self.population):
             self.trainer.should_stop = True
         return torch.stack(losses).sum() if losses else None
@@ -177,6 +191,12 @@ class MemberTrainer:
         lambda self: self.logger.log_dir if self.logger else str(self.member.run_dir)
     )
     default_root_dir = property(lambda self: str(self.member.run_dir))
+    datamodule = property(lambda self: self.member.datamodule)
+
+    @property
+    def train_dataloader(self):
+        loaders = self.population_trainer.train_dataloader  # PopulationData's, one per source
+        return loaders[self.member.loader] if loaders is not None else None
 
     @property
     def lr_scheduler_configs(self) -> list:
@@ -210,6 +230,10 @@ def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
         "state_dict": module.state_dict(),
         "loops": {name: getattr(trainer, name).state_dict() for name in LOOPS},
     }
+    # Where its own training loader is in the epoch: its entry of the population's loaders'.
+    fit_state = checkpoint["loops"]["fit_loop"].get("state_dict", {})
+    if fit_state.get("combined_loader"):
+        fit_state["combined_loader"] = [fit_state["combined_loader"][member.loader]]
     if not weights_only:
         states = {c.state_key: c.state_dict() for c in member.callbacks}
         checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
@@ -221,7 +245,7 @@ def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
             checkpoint[type(trainer.precision_plugin).__qualname__] = precision
     if module.hparams:
         checkpoint[module.CHECKPOINT_HYPER_PARAMS_KEY] = dict(module.hparams)
-    datamodule = trainer.datamodule
+    datamodule = member.datamodule
     data_state = datamodule.state_dict() if datamodule is not None else None
     if data_state:
         checkpoint[type(datamodule).__qualname__] = data_state
@@ -251,6 +275,49 @@ def schedule_state(state: dict, member: Member) -> dict:
     return {k: [v[index]] if k in PER_GROUP else v for k, v in state.items()}
 
 
+# --- the data -----------------------------------------------------------------------------------
+
+
+class PopulationData(L.LightningDataModule):
+    """The members' data. Members whose data configs are equal share one datamodule and one
+    training loader; members that differ in seed draw their own batches, each in its own order,
+    in lockstep (one CombinedLoader of the members' loaders: a step's batch is a list of them).
+    The validation and test sets are the first member's, which are every member's: a population
+    holds only datamodules whose seed orders the training batches and chooses nothing else
+    (src/population.py, SEED_ORDERS_ONLY)."""
+
+    def __init__(self, members: list[Member]):
+        super().__init__()
+        by_config = {}
+        for m in members:
+            key = json.dumps(OmegaConf.to_container(m.cfg.data, resolve=True), sort_keys=True)
+            m.datamodule = by_config.setdefault(key, m.datamodule)
+            m.loader = list(by_config).index(key)
+        self.sources = list(by_config.values())
+
+    def prepare_data(self) -> None:
+        for source in self.sources:
+            source.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        for source in self.sources:
+            source.trainer = self.trainer
+            source.setup(stage)
+
+    def teardown(self, stage: str) -> None:
+        for source in self.sources:
+            source.teardown(stage)
+
+    def train_dataloader(self) -> CombinedLoader:
+        return CombinedLoader([source.train_dataloader() for source in self.sources], "min_size")
+
+    def val_dataloader(self):
+        return self.sources[0].val_dataloader()
+
+    def test_dataloader(self):
+        return self.sources[0].test_dataloader()
+
+
 # --- callbacks and loggers ----------------------------------------------------------------------
 
 
@@ -273,7 +340,7 @@ class ForMembers(L.Callback):
     def __getattribute__(self, name: str):
         hooks = object.__getattribute__(self, "hooks") if name != "hooks" else None
         if hooks is not None and name in hooks:
-            return functools.partial(call_for_members, hooks[name])
+            return functools.partial(call_for_members, hooks[name], OWN_BATCH.get(name))
         return object.__getattribute__(self, name)
 
 
@@ -291,13 +358,23 @@ HOOKS.remove("on_save_checkpoint")  # a member's checkpoints are its view's (mem
 HOOKS.remove("on_load_checkpoint")
 
 
-def call_for_members(hooks: list, trainer, pl_module=None, *args, **kwargs) -> None:
+# The training-batch hooks, whose batch (and outputs) are each member's own: hook name -> the
+# member's arguments made from the population's.
+OWN_BATCH = {
+    "on_train_batch_start": lambda m, batch, batch_idx: (batch[m.loader], batch_idx),
+    "on_train_batch_end": lambda m, outputs, batch, batch_idx: (m.outputs, batch[m.loader],
+                                                                 batch_idx),
+}  # fmt: skip
+
+
+def call_for_members(hooks: list, own_batch, trainer, pl_module=None, *args, **kwargs) -> None:
     for member, bound in hooks:
         if member.active:  # a member's run alone ended where it raised
+            mine = own_batch(member, *args) if own_batch else args
             with member.running():
                 try:
                     for hook in bound:
-                        hook(member.view, member.module, *args, **kwargs)
+                        hook(member.view, member.module, *mine, **kwargs)
                 except Exception as err:
                     stop(member, err)
 

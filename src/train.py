@@ -110,8 +110,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     resume = resume_from(cfg)  # None: a new run
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    L.seed_everything(cfg.seed, workers=True)
+    # Said once the parts are built: a wrong value among them is then the run's only line.
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model, trainer = build(cfg)
+    log.info("Seed set to %d", cfg.seed)
     if resume:
         check_weights_fit(resume.checkpoint, model, resume.path)  # another network's: one line
         hand_over(resume, trainer)

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.config import register
 from src.eval import evaluate
-from src.population import alone_because, loop_key
+from src.population import alone_because, loop_key, share_out
 from tests.conftest import REPO, read_metrics
 from tests.test_sweep import run_sweep
 
@@ -55,7 +55,10 @@ def test_members_share_all_but_the_optimizers_values_and_the_name():
     for same in (["optimizer.lr=0.5"], ["optimizer.momentum=0.9", "optimizer.weight_decay=0.1"],
                  ["name=other"]):  # fmt: skip
         assert loop_key(compose_train(*same)) == key, same
-    for other in (["optimizer=adam"], ["data.batch_size=32"], ["seed=1"], ["model.net=mlp"],
+    # Each member has its own initialization and draws its own batches: seeds may differ.
+    assert loop_key(compose_train("seed=1", "data.seed=7")) == key
+    for other in (["optimizer=adam"], ["data.batch_size=32"], ["data.split_seed=1"],
+                  ["model.net=mlp"],
                   ["trainer.max_epochs=3"], ["scheduler=cosine"]):  # fmt: skip
         assert loop_key(compose_train(*other)) != key, other
     # A schedule's value that follows the learning rate parts the jobs (OneCycleLR's max_lr).
@@ -69,6 +72,20 @@ def sweep(tiny_mnist, sweep_dir, launcher: str, *overrides: str) -> subprocess.C
     """test_sweep's tiny MNIST sweep, under `launcher`, into `sweep_dir`."""
     return run_sweep(tiny_mnist, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}",
                      *overrides)  # fmt: skip
+
+
+def assert_same_record(mine: dict, theirs: dict, name: str) -> None:
+    """A member's metrics.json (less `population`) against its job's alone: the same keys and
+    values, but for the times, which are the population's fit's."""
+    mine, theirs = dict(mine), dict(theirs)
+    for key in TIMES:
+        mine.pop(key, None), theirs.pop(key, None)
+    assert mine.keys() == theirs.keys(), name
+    for key, value in theirs.items():
+        if isinstance(value, float):
+            assert mine[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (name, key)
+        else:
+            assert mine[key] == value, (name, key)
 
 
 def scalars(run_dir):
@@ -96,14 +113,7 @@ def test_each_member_leaves_the_folder_its_job_alone_leaves(tiny_mnist, tmp_path
         mine, theirs = read_metrics(together / name), read_metrics(alone / name)
         assert mine.pop("population") == [
             "optimizer.lr=1000000.0", "optimizer.lr=0.1", "optimizer.lr=0.01"]  # fmt: skip
-        for key in TIMES:
-            mine.pop(key, None), theirs.pop(key, None)
-        assert mine.keys() == theirs.keys(), name
-        for key, value in theirs.items():
-            if isinstance(value, float):
-                assert mine[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (name, key)
-            else:
-                assert mine[key] == value, (name, key)
+        assert_same_record(mine, theirs, name)
         statuses[name] = mine["status"]
         # The same curves at the same steps, the same pictures.
         (curves, images, histograms), theirs_events = (
@@ -198,3 +208,55 @@ def test_a_population_stopped_by_sigterm_is_continued_by_the_same_command(tmp_pa
         assert resumed["status"] == plain["status"] == "completed"
         for key in ("steps", "val/loss", "test/loss", "train/loss"):
             assert resumed[key] == pytest.approx(plain[key], rel=1e-6), (name, key)
+
+
+def test_workers_take_whole_populations_and_split_one_only_to_keep_each_busy():
+    assert share_out([[0, 1, 2], [3, 4, 5]], [6], workers=1) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert share_out([[0, 1, 2, 3, 4, 5]], [], workers=2) == [[0, 1, 2], [3, 4, 5]]
+    assert share_out([list(range(8))], [], workers=4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert share_out([[0, 1, 2]], [3], workers=2) == [[0, 1, 2], [3]]
+    # Halves of fewer than two would be jobs alone: a population of three stays whole.
+    assert share_out([[0, 1, 2]], [], workers=2) == [[0, 1, 2]]
+
+
+@pytest.mark.slow
+def test_members_of_other_seeds_train_together_in_two_worker_processes(tiny_mnist, tmp_path):
+    """Seeds share a population (each member its own initialization and its own batches), and
+    hydra.launcher.n_jobs=2 splits the population of four into two of two, one per process; each
+    member's record and last checkpoint are those of its job alone."""
+    grid = ("optimizer.lr=0.1,0.01", "seed=1,2")
+    together, alone = tmp_path / "population", tmp_path / "basic"
+    proc = sweep(tiny_mnist, together, "population", *grid, "hydra.launcher.n_jobs=2")
+    sweep(tiny_mnist, alone, "basic", *grid)
+    output = proc.stdout + proc.stderr
+    for lr in ("0.1", "0.01"):
+        assert (f"population of 2 trains together: optimizer.lr={lr},seed=1, "
+                f"optimizer.lr={lr},seed=2") in output  # fmt: skip
+    names = sorted(p.parent.name for p in alone.glob("*/metrics.json"))
+    assert len(names) == 4
+    weights = {}
+    for name in names:
+        mine = read_metrics(together / name)
+        lr = name.split(",")[0]
+        assert mine.pop("population") == [f"{lr},seed=1", f"{lr},seed=2"]
+        assert_same_record(mine, read_metrics(alone / name), name)
+        ckpt = torch.load(together / name / "checkpoints/last.ckpt", weights_only=True)
+        other = torch.load(alone / name / "checkpoints/last.ckpt", weights_only=True)
+        for key, weight in other["state_dict"].items():
+            assert torch.equal(ckpt["state_dict"][key], weight), (name, key)
+        assert ckpt["loops"] == other["loops"], name
+        weights[name] = ckpt["state_dict"]["net.hidden.weight"]
+    # The seeds made other networks.
+    assert not torch.equal(weights["optimizer.lr=0.1,seed=1"], weights["optimizer.lr=0.1,seed=2"])
+
+
+def test_no_worker_process_is_refused_in_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "optimizer.lr=0.1,0.5",
+           "hydra/launcher=population", "hydra.launcher.n_jobs=0",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: hydra.launcher.n_jobs=0 would start no process: give 1 (this one), 2 or more, "
+        "or -1 (one per core), as for joblib"]  # fmt: skip
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))

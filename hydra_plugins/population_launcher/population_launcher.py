@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.population_launcher.population_launcher.PopulationLauncher"
+    # Processes the sweep's populations and lone jobs are shared out among (joblib's loky
+    # workers, as hydra/launcher=joblib starts them); 1: all in this one.
+    n_jobs: int = 1
 
 
 ConfigStore.instance().store(
@@ -32,6 +35,16 @@ ConfigStore.instance().store(
 
 class PopulationLauncher(Launcher):
     """Trains each group of a sweep's jobs as one population, and the other jobs one by one."""
+
+    def __init__(self, n_jobs: int = 1) -> None:
+        from joblib import effective_n_jobs
+
+        from src.errors import ConfigError
+
+        if n_jobs == 0:
+            raise ConfigError("hydra.launcher.n_jobs=0 would start no process: give 1 (this "
+                              "one), 2 or more, or -1 (one per core), as for joblib")  # fmt: skip
+        self.n_jobs = effective_n_jobs(n_jobs)  # joblib's reading: -1 is one per core
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:  # fmt: skip
@@ -57,6 +70,6 @@ class PopulationLauncher(Launcher):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
             configs.append(sweep_config)
-        runs = launch(configs, self.hydra_context, self.task_function)
+        runs = launch(configs, self.hydra_context, self.task_function, self.n_jobs)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return runs
