@@ -2,14 +2,14 @@
 
 Hydra checks every override against them while it composes the config, so `optimizer.lr=abc`,
 `optimizer.lrr=0.1` or `+trainer.foo=1` fail with Hydra's message naming the key. The schemas of
-the library's classes and of the project's own (SIGNED) and the Trainer's are made from their
-signatures: their names, types and defaults, so that `trainer.gradient_clip_val=1` or
-`optimizer.nesterov=true` can be typed though no YAML sets them. The ranges are the classes' own
-checks: `validate` builds the optimizer and its schedule once on a stand-in weight, before any data
-is read, so that a value PyTorch refuses is one line naming the key, for an optimizer or schedule
-with no schema too; src/train.py builds the network and the data, whose own checks (src/checks.py)
-name the key likewise. `validate` checks the rest of the ranges, those of the run and of the
-Trainer, before Lightning is imported.
+the library's classes and of the project's own (SIGNED), the Trainer's and Lightning's
+lr_scheduler dict's are made from their signatures: their names, types and defaults, so that
+`trainer.gradient_clip_val=1` or `optimizer.nesterov=true` can be typed though no YAML sets
+them. The ranges are the classes' own checks: `validate` builds the optimizer and its schedule
+once on a stand-in weight, before any data is read, so that a value PyTorch refuses is one line
+naming the key, for an optimizer or schedule with no schema too; src/train.py builds the network
+and the data, whose own checks (src/checks.py) name the key likewise. `validate` checks the rest
+of the ranges, those of the run and of the Trainer, before Lightning is imported.
 
 The YAML files hold the values and pick their schema in their defaults list.
 """
@@ -85,19 +85,25 @@ def require_trainable(optimizer: DictConfig) -> None:
 # --- scheduler/ ---------------------------------------------------------------------------------
 
 
-@dataclass
-class SchedulerSchema:
-    """Lightning's lr_scheduler dict, with the partial torch schedule under `schedule`."""
-
-    interval: str = MISSING
-    schedule: Any = MISSING
-    frequency: int = 1
-    monitor: str | None = None
-    name: str = "train/lr"  # the tag LearningRateMonitor logs the rate under
-
+class SchedulerChecks:
     def __post_init__(self):
         one_of("scheduler.interval", self.interval, ("step", "epoch"))
         require(self.frequency >= 1, "scheduler.frequency", self.frequency, "must be at least 1")
+
+
+# Lightning's lr_scheduler dict: its LRSchedulerConfig's fields, read as the Trainer's are, with
+# the partial torch schedule under `schedule` in place of the built one (and reduce_on_plateau,
+# which Lightning sets itself, left out). The rate's tag is the project's: LearningRateMonitor
+# logs it under this name.
+SchedulerSchema = dataclasses.make_dataclass(
+    "SchedulerSchema",
+    [("schedule", Any, MISSING),
+     *[(name, kind, "train/lr" if name == "name" else default) for name, kind, default in
+       signature_fields("lightning.pytorch.utilities.types.LRSchedulerConfig", partial=False,
+                        leave_out=("scheduler", "reduce_on_plateau"))]],
+    bases=(SchedulerChecks,),
+    namespace={"__module__": __name__, "__doc__": "Lightning's lr_scheduler dict, typed."},
+)  # fmt: skip
 
 
 # --- model/ -------------------------------------------------------------------------------------

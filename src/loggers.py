@@ -23,7 +23,7 @@ LAYOUT = {
 CHOSEN = ("model.net", "data", "optimizer", "scheduler")
 PLUMBING = {
     "_partial_", "data_dir", "download", "seed", "split_seed", "eval_batch_size", "interval",
-    "frequency", "name",
+    "frequency", "name", "strict",
 }  # fmt: skip
 
 

@@ -91,34 +91,44 @@ def omegaconf_type(annotation: ast.expr | None, default) -> Any:
     return kind | None if takes_none or default is None else kind
 
 
-def signature_fields(target: str, partial: bool, leave_out=()) -> list[tuple[str, Any, Any]]:
-    """A class's arguments as dataclass fields: name, type, its own default (MISSING where it has
-    none, None where the run's length fills it: src/schedules.py)."""
+def arguments(target: str, partial: bool) -> list[tuple[str, ast.expr | None, ast.expr | None]]:
+    """A class's arguments as written: name, annotation, default (None: none). Those of its
+    __init__, or of a dataclass its annotated fields; a partial's first argument is left out."""
     body = getattr(class_node(target), "body", [])
     init = next((n for n in body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
     if init is None:
-        raise LookupError(f"no __init__ of {target} found in its source (src/config.py SIGNED)")
+        fields = [(n.target.id, n.annotation, n.value) for n in body
+                  if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]  # fmt: skip
+        if not fields:
+            raise LookupError(f"no __init__ of {target} found in its source (src/config.py SIGNED)")
+        return fields
     args = init.args
     positional = args.posonlyargs + args.args
     defaults = [None] * (len(positional) - len(args.defaults)) + args.defaults
     pairs = list(zip(positional, defaults, strict=True))[2 if partial else 1 :]
     pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
               if not (partial and d is not None)]  # fmt: skip
+    return [(arg.arg, arg.annotation, default) for arg, default in pairs]
+
+
+def signature_fields(target: str, partial: bool, leave_out=()) -> list[tuple[str, Any, Any]]:
+    """A class's arguments as dataclass fields: name, type, its own default (MISSING where it has
+    none, None where the run's length fills it: src/schedules.py)."""
     fields = []
-    for arg, default_node in pairs:
-        if arg.arg in leave_out:
+    for name, annotation, default_node in arguments(target, partial):
+        if name in leave_out:
             continue
         if default_node is None:
-            default = None if arg.arg in RUN_LENGTH else MISSING
+            default = None if name in RUN_LENGTH else MISSING
         else:
             try:
                 default = ast.literal_eval(default_node)
             except ValueError:  # an expression (1.0 / 3): left to the class
                 continue
-        kind = omegaconf_type(arg.annotation, default)
+        kind = omegaconf_type(annotation, default)
         if isinstance(default, (list, tuple)):
             default = field(default_factory=functools.partial(list, default))
-        fields.append((arg.arg, kind, default))
+        fields.append((name, kind, default))
     return fields
 
 

@@ -7,12 +7,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from src.config import (
     BUILT_ELSEWHERE,
     PARTIAL,
     SIGNED,
+    SchedulerSchema,
     TrainerSchema,
     register,
     validate,
@@ -151,6 +152,19 @@ def test_the_trainer_schema_is_lightnings_signature():
     signature = inspect.signature(pl.Trainer.__init__).parameters.values()
     wanted = {p.name: p.default for p in signature if p.name not in ("self", *BUILT_ELSEWHERE)}
     fields = {f.name: f.default for f in dataclasses.fields(TrainerSchema) if f.name != "_target_"}
+    assert fields == wanted
+
+
+def test_the_scheduler_schema_is_lightnings_lr_scheduler_config():
+    """Lightning's own lr_scheduler keys and defaults, as its dataclass has them, the schedule in
+    place of the built scheduler; the rate's tag is the project's."""
+    from lightning.pytorch.utilities.types import LRSchedulerConfig
+
+    wanted = {f.name: f.default for f in dataclasses.fields(LRSchedulerConfig)
+              if f.name not in ("scheduler", "reduce_on_plateau")}  # fmt: skip
+    fields = {f.name: f.default for f in dataclasses.fields(SchedulerSchema)}
+    assert fields.pop("schedule") is MISSING
+    assert fields.pop("name") == "train/lr" and wanted.pop("name") is None
     assert fields == wanted
 
 
