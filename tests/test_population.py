@@ -173,15 +173,17 @@ def test_jobs_that_share_no_loop_train_alone_saying_why(tiny_mnist, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_population_stopped_by_sigterm_is_continued_by_the_same_command(tmp_path):
-    """SIGTERM in the middle of an epoch: every member is recorded interrupted with a checkpoint
-    of that moment, from which the same command continues each job (alone) to the numbers of an
-    undisturbed run."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_population_stopped_by_sigterm_is_continued_by_the_same_command(workers, tmp_path):
+    """SIGTERM in the middle of an epoch (to the sweep's process, which passes it on to its
+    worker processes): every member is recorded interrupted with a checkpoint of that moment,
+    from which the same command continues each job (alone) to the numbers of an undisturbed
+    run."""
     together, undisturbed = tmp_path / "population", tmp_path / "basic"
     grid = ("+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=100",
             "trainer.max_steps=1000", "trainer.max_epochs=10")  # fmt: skip
     cmd = [sys.executable, "-m", "src.train", "-m", *grid, "hydra/launcher=population",
-           f"hydra.sweep.dir={together}"]  # fmt: skip
+           f"hydra.launcher.n_jobs={workers}", f"hydra.sweep.dir={together}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
