@@ -2,7 +2,7 @@
 
 Hydra checks every override against them while it composes the config, so `optimizer.lr=abc`,
 `optimizer.lrr=0.1` or `+trainer.foo=1` fail with Hydra's message naming the key. The schemas of
-the library's classes and of the project's own (SIGNED), the Trainer's and Lightning's
+the library's classes and of the project's own that conf/ names, the Trainer's and Lightning's
 lr_scheduler dict's are made from their signatures: their names, types and defaults, so that
 `trainer.gradient_clip_val=1` or `optimizer.nesterov=true` can be typed though no YAML sets
 them. The ranges are the classes' own checks: `validate` builds the optimizer and its schedule
@@ -24,13 +24,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src import checks
-from src.command_line import help_group
+from src.command_line import CONF, help_group
 from src.errors import ConfigError
 from src.job_names import job_dirname
 from src.schedules import run_length
@@ -47,20 +48,32 @@ def is_count(value) -> bool:
 
 # --- optimizer/, scheduler/, data/, model/net/, pictures/: schemas from signatures ----------------
 
-# The classes a YAML file types itself with, by `/schema/<group>/<class name>` in its defaults
-# list: each schema is the class's own arguments, types and defaults (src/signatures.py). Their
+
+# The classes a YAML file of conf/ types itself with, by `/schema/<group>/<class name>@<where>`
+# in its defaults list (the `_target_` at <where> names the class): each schema is the class's own
+# arguments, types and defaults (src/signatures.py), made for the classes those files name. Their
 # ranges are the classes' own checks: `validate` builds the optimizer and its schedule once,
-# src/train.py the network and the data. A YAML file for a class not named here (a new optimizer,
-# a network of one's own) is typed by those checks alone.
-SIGNED = {
-    "optimizer": ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW"),
-    "scheduler": tuple(f"torch.optim.lr_scheduler.{name}" for name in (
-        "CosineAnnealingLR", "OneCycleLR", "StepLR", "ReduceLROnPlateau")),
-    "data": ("src.data.MNISTDataModule", "src.data.LogicGateDataModule"),
-    "net": ("src.models.DigitClassifier", "src.models.LogicGateNet", "src.models.MLP",
-            "src.models.CNN"),
-    "callbacks": ("src.callbacks.DigitPictures", "src.callbacks.GatePictures"),
-}  # fmt: skip
+# src/train.py the network and the data. A YAML file for a class no file of conf/ types (a new
+# optimizer, a network of one's own) is typed by those checks alone.
+def signed_targets() -> dict[str, list[str]]:
+    """{group: [class path, ...]} of the signed schemas conf/'s YAML files ask for."""
+    signed = {}
+    for path in sorted(CONF.rglob("*.yaml")):
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for entry in config.get("defaults") or []:
+            if not (isinstance(entry, str) and entry.startswith("/schema/")):
+                continue
+            group, _, name = entry.removeprefix("/schema/").partition("/")
+            name, _, where = name.partition("@")
+            node = config if where in ("", "_here_") else config.get(where) or {}
+            target = str(node.get("_target_", ""))
+            if target.rpartition(".")[2] == name:  # not a hand-made schema (SCHEMAS)
+                signed.setdefault(group, [])
+                if target not in signed[group]:
+                    signed[group].append(target)
+    return signed
+
+
 # An optimizer or a schedule is a partial the module hands its first argument (the parameters, the
 # optimizer); its keyword-only arguments (foreach, fused, ...) choose an implementation, not a
 # setting. A schedule's last_epoch is its state, which Lightning restores from a checkpoint.
@@ -288,9 +301,12 @@ def register() -> None:
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=node)
-    for group, targets in SIGNED.items():
+    for group, targets in signed_targets().items():
         for target in targets:
-            node = signed_schema(target, group in PARTIAL, PARTIAL.get(group, ()))
+            try:
+                node = signed_schema(target, group in PARTIAL, PARTIAL.get(group, ()))
+            except (LookupError, ImportError):  # no source found: Hydra's line names the schema
+                continue  # when a config asks for it, and other commands run as ever
             store.store(group=f"schema/{group}", name=node.__name__, node=node)
 
 

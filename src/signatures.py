@@ -100,7 +100,7 @@ def arguments(target: str, partial: bool) -> list[tuple[str, ast.expr | None, as
         fields = [(n.target.id, n.annotation, n.value) for n in body
                   if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]  # fmt: skip
         if not fields:
-            raise LookupError(f"no __init__ of {target} found in its source (src/config.py SIGNED)")
+            raise LookupError(f"no __init__ of {target} found in its source (conf/ types with it)")
         return fields
     args = init.args
     positional = args.posonlyargs + args.args

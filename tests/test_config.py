@@ -12,10 +12,10 @@ from omegaconf import MISSING, OmegaConf
 from src.config import (
     BUILT_ELSEWHERE,
     PARTIAL,
-    SIGNED,
     SchedulerSchema,
     TrainerSchema,
     register,
+    signed_targets,
     validate,
 )
 from src.data import MNISTDataModule
@@ -166,6 +166,21 @@ def test_the_scheduler_schema_is_lightnings_lr_scheduler_config():
     assert fields.pop("schedule") is MISSING
     assert fields.pop("name") == "train/lr" and wanted.pop("name") is None
     assert fields == wanted
+
+
+SIGNED = signed_targets()
+
+
+def test_the_signed_schemas_are_those_the_yaml_files_ask_for():
+    assert {
+        "callbacks": ["src.callbacks.DigitPictures", "src.callbacks.GatePictures"],
+        "data": ["src.data.LogicGateDataModule", "src.data.MNISTDataModule"],
+        "net": ["src.models.CNN", "src.models.DigitClassifier", "src.models.LogicGateNet",
+                "src.models.MLP"],
+        "optimizer": ["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"],
+        "scheduler": [f"torch.optim.lr_scheduler.{name}" for name in (
+            "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "StepLR")],
+    } == SIGNED  # fmt: skip
 
 
 @pytest.mark.parametrize("target", [t for targets in SIGNED.values() for t in targets])
