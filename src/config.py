@@ -59,7 +59,10 @@ def signed_targets() -> dict[str, list[str]]:
     """{group: [class path, ...]} of the signed schemas conf/'s YAML files ask for."""
     signed = {}
     for path in sorted(CONF.rglob("*.yaml")):
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        if "/schema/" not in text:  # most files: not parsed, at every command's start
+            continue
+        config = yaml.safe_load(text) or {}
         for entry in config.get("defaults") or []:
             if not (isinstance(entry, str) and entry.startswith("/schema/")):
                 continue

@@ -49,14 +49,15 @@ class PopulationModule(L.LightningModule):
     def log_member(self, member: Member, name: str, value, *args, **kwargs) -> None:
         self.log(f"{member.index}{SEPARATOR}{name}", value, *args, **kwargs)
 
-    def each(self, hook: str, *args) -> list:
-        """Call `hook` of every active member, in its own context; a member whose code raises
-        (it diverged, say) stops."""
+    def each(self, hook: str, *args, mine=None) -> list[tuple[Member, Any]]:
+        """Call `hook` of every active member, in its own context, with `args` (or those `mine`
+        makes for the member); a member whose code raises (it diverged, say) stops. Each member
+        that returned, with what it returned."""
         results = []
         for m in [m for m in self.population if m.active]:
             with m.running():
                 try:
-                    results.append(getattr(m.module, hook)(*args))
+                    results.append((m, getattr(m.module, hook)(*(mine(m) if mine else args))))
                 except Exception as err:
                     stop(m, err)
         return results
@@ -72,13 +73,7 @@ class PopulationModule(L.LightningModule):
     def training_step(self, batches: list, batch_idx: int):
         """Every active member's own step on its own batch (`PopulationData`)."""
         losses = []
-        for m in [m for m in self.population if m.active]:
-            with m.running():
-                try:
-                    loss = m.module.training_step(batches[m.loader], batch_idx)
-                except Exception as err:
-                    stop(m, err)
-                    continue
+        for m, loss in self.each("training_step", mine=lambda m: (batches[m.loader], batch_idx)):
             # What Lightning hands the member's on_train_batch_end as `outputs`, alone.
             m.outputs = {"loss": loss.detach().clone()} if loss is not None else {}
             if loss is not None:
