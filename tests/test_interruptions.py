@@ -32,20 +32,33 @@ SHARED_RUNS = ("uninterrupted",)  # runs several tests read: each made once (con
 def uninterrupted(base, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     run_train(*base, f"hydra.run.dir={run_dir}")
-    return read_metrics(run_dir)
+    return {**read_metrics(run_dir), "folder": run_dir}
 
 
-@pytest.mark.parametrize(("stop", "steps"), [
-    ({"epoch": 1, "at": "end"}, 44),  # as epoch 1 ends: the run stops between epochs
-    ({"epoch": 2, "at": "start"}, 45),  # as epoch 2 starts: the run stops after one step
-    ({"step": 70}, 70),  # in the middle of epoch 2, 26 steps in
+def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of every TensorBoard event file of a run, read by TensorBoard."""
+    points = {}
+    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
+        reader = EventAccumulator(str(events))
+        reader.Reload()
+        for tag in reader.Tags()["scalars"]:
+            points.setdefault(tag, []).extend((e.step, e.value) for e in reader.Scalars(tag))
+    return points
+
+
+@pytest.mark.parametrize(("stop", "steps", "limit"), [
+    ({"epoch": 1, "at": "end"}, 44, ()),  # as epoch 1 ends: the run stops between epochs
+    # With max_steps Lightning resumes any checkpoint as a restart inside an epoch (stop.py).
+    ({"epoch": 1, "at": "end"}, 44, ("trainer.max_steps=132",)),
+    ({"epoch": 2, "at": "start"}, 45, ()),  # as epoch 2 starts: the run stops after one step
+    ({"step": 70}, 70, ()),  # in the middle of epoch 2, 26 steps in
 ])  # fmt: skip
 def test_sigterm_saves_the_moment_and_the_resumed_run_ends_as_if_never_stopped(
-    stop, steps, base, uninterrupted, tmp_path
+    stop, steps, limit, base, uninterrupted, tmp_path
 ):
     """A stopped run says so, keeps a checkpoint of that moment, and its resume ends exactly like
-    a run never stopped, between epochs or in the middle of one."""
-    run_dir = tmp_path / "stopped"
+    a run never stopped, between epochs or in the middle of one, to its curves' steps."""
+    run_dir, base = tmp_path / "stopped", (*base, *limit)
     sigterm = ("+callbacks.sigterm._target_=tests.signals.Sigterm",
                *(f"+callbacks.sigterm.{key}={value}" for key, value in stop.items()))  # fmt: skip
     proc = run_train(*base, *sigterm, f"hydra.run.dir={run_dir}", check=False)
@@ -77,6 +90,9 @@ def test_sigterm_saves_the_moment_and_the_resumed_run_ends_as_if_never_stopped(
     assert [line.split()[0] for line in table[1:4]] == ["1", "2", "3"]
     assert table[4].startswith("test/loss")
     assert resumed["fit_seconds"] > stopped["fit_seconds"] > 0
+    undisturbed = scalars(uninterrupted["folder"])
+    for tag in ("val/loss", "train/loss"):
+        assert scalars(run_dir)[tag] == undisturbed[tag], tag
 
 
 @pytest.mark.parametrize(("at", "said"), [

@@ -16,11 +16,38 @@ class CheckpointOnStop(L.Callback):
 
     def __init__(self, path: str):
         self.path = path
+        self.between_epochs = False  # the stop came after an epoch's end, before the next one
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception) -> None:
         stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         if stopped and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume
+            epochs = trainer.fit_loop.epoch_progress.current
+            self.between_epochs = epochs.ready == epochs.completed  # travels in the checkpoint
+            try:
+                trainer.save_checkpoint(self.path, weights_only=False)  # the whole state
+            finally:
+                self.between_epochs = False
+
+    def state_dict(self) -> dict:
+        return {"between_epochs": self.between_epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.between_epochs = state_dict.get("between_epochs", False)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Resumed from a stop between epochs, this epoch is a new one, not the rest of one.
+
+        A SIGTERM that comes as an epoch ends stops Lightning once that epoch is counted
+        complete. With `max_steps` set, Lightning 2.6 resumes every checkpoint as a restart
+        inside an epoch, whichever moment it holds: the finished epoch's batch counts carried
+        into this one, which then ended at once without a step (a NAND run of 10 epochs of 100
+        steps, stopped after its first, ended `completed` at 900 steps). Telling the epoch loop
+        it is not restarting gives the start every other epoch gets: counts zeroed, the first
+        batch trained. (tests/test_interruptions.py checks it against an undisturbed run.)
+        """
+        if self.between_epochs:
+            trainer.fit_loop.epoch_loop.restarting = False
+            self.between_epochs = False
 
 
 class StopTogether(L.Callback):
