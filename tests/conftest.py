@@ -7,12 +7,18 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The interpreter a test starts a command of the project's with: `[*PYTHON, "-m", "src.train"]`
+# runs as `python -m src.train` does, forked from a server that has imported the libraries
+# (tests/fork_server.py).
+PYTHON = [sys.executable, "-S", str(REPO / "tests" / "fork_server.py")]
 # The four official files where `make data` links them (or $MNIST_RAW); tests that need them
 # are skipped, saying why, when they are not there.
 REAL_MNIST_RAW = Path(os.environ.get("MNIST_RAW", REPO / "data/MNIST/raw"))
@@ -116,11 +122,35 @@ def shared_run(rootpath: Path, nodeid: str) -> str | None:
     return f"{file}::{fixture}" if fixture else None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fork_server():
+    """The server PYTHON's clients fork their commands from, one per pytest process, ready
+    before the first test (a client without one runs the real interpreter)."""
+    from tests.fork_server import ADDRESS
+
+    folder = tempfile.mkdtemp(prefix="fork-server-")
+    address = os.path.join(folder, "socket")
+    server = subprocess.Popen([sys.executable, PYTHON[-1], "--serve", address], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    os.environ[ADDRESS] = address
+    deadline = time.monotonic() + 120
+    while not os.path.exists(address) and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield
+    del os.environ[ADDRESS]
+    server.kill()
+    server.wait()
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+    os.rmdir(folder)
+
+
 def run_train(*overrides: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m src.train` with the given overrides in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "src.train", *overrides],
+        [*PYTHON, "-m", "src.train", *overrides],
         cwd=cwd,
         env=env,
         capture_output=True,

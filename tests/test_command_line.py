@@ -4,11 +4,10 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import PYTHON, REPO
 
 MY_EXPERIMENT = """# @package _global_
 defaults:
@@ -22,7 +21,7 @@ optimizer:
 
 def train(*args, cwd=REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=cwd, env=env,
+    return subprocess.run([*PYTHON, "-m", "src.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 

@@ -11,12 +11,11 @@ import pty
 import re
 import struct
 import subprocess
-import sys
 import termios
 
 import pytest
 
-from tests.conftest import REPO, read_metrics
+from tests.conftest import PYTHON, REPO, read_metrics
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -28,7 +27,7 @@ BAR = re.compile(r"^(?P<desc>[^\r\n]*?): +\d+%\|[^|\n]*\| (?P<n>\d+)/(?P<total>\
 def run_to_file(module: str, *args: str, path, env=None) -> tuple[int, str]:
     """Run `python -m <module>` as `... > path 2>&1` runs it: stdout and stderr into one file."""
     with open(path, "wb") as out:
-        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env or ENV,
+        proc = subprocess.run([*PYTHON, "-m", module, *args], cwd=REPO, env=env or ENV,
                               stdout=out, stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
     return proc.returncode, path.read_bytes().decode()
 
@@ -104,7 +103,7 @@ def test_on_a_terminal_the_bar_is_lightnings_redrawn_in_place(tiny_mnist, tmp_pa
     # 120 columns: a new pseudo-terminal has none, where tqdm would draw bars of no width.
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "src.train", *tiny(tiny_mnist, "trainer.max_epochs=1",
+        [*PYTHON, "-m", "src.train", *tiny(tiny_mnist, "trainer.max_epochs=1",
                                                   f"hydra.run.dir={tmp_path}")],
         cwd=REPO, env=ENV, stdin=secondary, stdout=secondary, stderr=secondary,
     )  # fmt: skip

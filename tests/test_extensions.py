@@ -5,13 +5,12 @@ refused in one line."""
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import REPO, read_metrics
+from tests.conftest import PYTHON, REPO, read_metrics
 
 # Two interleaved half circles, as scikit-learn's make_moons draws them: 2 features, a 0/1 target
 # of shape (B, 1), as the gates' data gives them.
@@ -75,7 +74,7 @@ def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProces
     """`python -m <module> <args>` as a user runs it from `cwd`: Hydra's short errors."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return subprocess.run([*PYTHON, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import make_mnist_files, read_metrics, run_train
+from tests.conftest import PYTHON, make_mnist_files, read_metrics, run_train
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -132,7 +132,6 @@ def test_last_checkpoint_holds_the_latest_epoch_even_when_it_is_not_the_best(bas
 
 def test_the_test_numbers_are_those_of_a_checkpoint_that_exists(base, uninterrupted, tmp_path):
     import subprocess
-    import sys
 
     from tests.conftest import REPO
 
@@ -141,7 +140,7 @@ def test_the_test_numbers_are_those_of_a_checkpoint_that_exists(base, uninterrup
     metrics = read_metrics(run_dir)
     assert metrics["tested"] == "checkpoints/last.ckpt"
     proc = subprocess.run(
-        [sys.executable, "-m", "src.eval", f"ckpt_path={run_dir / metrics['tested']}",
+        [*PYTHON, "-m", "src.eval", f"ckpt_path={run_dir / metrics['tested']}",
          f"hydra.run.dir={tmp_path / 'eval'}"],
         cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=True,
         capture_output=True, text=True,

@@ -4,7 +4,6 @@ refused in one line; a user's own network from a file of theirs trains with one 
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from src.config import register, validate
 from src.eval import evaluate
 from src.predict import predict
 from src.train import train
-from tests.conftest import REPO, read_metrics
+from tests.conftest import PYTHON, REPO, read_metrics
 
 pytestmark = pytest.mark.slow  # every test here trains
 GATE_NETS = ("logic_gate", "linear_gate")  # the others are digit networks
@@ -119,7 +118,7 @@ class FiveLogits(nn.Module):
 
 def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return subprocess.run([*PYTHON, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision import datasets
 
 from src.callbacks.digit_pictures import HIST_BINS, histogram
-from tests.conftest import REPO, read_metrics, run_train
+from tests.conftest import PYTHON, REPO, read_metrics, run_train
 
 
 def load_events(run_dir: Path) -> EventAccumulator:
@@ -32,7 +32,7 @@ def load_events(run_dir: Path) -> EventAccumulator:
 def run_module(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True
+        [*PYTHON, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert not check or proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -200,7 +200,7 @@ def test_report_for_a_run(digit_run):
 def test_report_for_a_sweep(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(
-        [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
+        [*PYTHON, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
          "trainer.max_steps=300",
          "optimizer.lr=0.5,2.0", f"hydra.sweep.dir={tmp_path}"],
         cwd=REPO, env=env, check=True, capture_output=True,

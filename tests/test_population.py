@@ -4,8 +4,8 @@ job alone leaves (records, TensorBoard curves, checkpoints), for a member that d
 import os
 import signal
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from src.config import register
 from src.eval import evaluate
 from src.population import alone_because, loop_key, share_out
-from tests.conftest import REPO, read_metrics
+from tests.conftest import PYTHON, REPO, read_metrics
 from tests.test_sweep import run_sweep
 
 # A rate that diverges on the tiny files (its loss explodes), and two that learn.
@@ -172,17 +172,32 @@ def test_jobs_that_share_no_loop_train_alone_saying_why(tiny_mnist, tmp_path):
         assert "population" not in read_metrics(tmp_path / name)
 
 
+STOPPED_GRID = ("+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=100",
+                "trainer.max_steps=500", "trainer.max_epochs=5")  # fmt: skip
+SHARED_RUNS = ("undisturbed_grid",)  # made once for both tests that read it (conftest.py)
+
+
+@pytest.fixture(scope="module")
+def undisturbed_grid(tmp_path_factory) -> Path:
+    """STOPPED_GRID's sweep under the basic launcher, never stopped."""
+    sweep_dir = tmp_path_factory.mktemp("undisturbed")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [*PYTHON, "-m", "src.train", "-m", *STOPPED_GRID, f"hydra.sweep.dir={sweep_dir}"]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    return sweep_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_population_stopped_by_sigterm_is_continued_by_the_same_command(workers, tmp_path):
+def test_a_population_stopped_by_sigterm_is_continued_by_the_same_command(workers,
+                                                                          undisturbed_grid,
+                                                                          tmp_path):  # fmt: skip
     """SIGTERM in the middle of an epoch (to the sweep's process, which passes it on to its
     worker processes): every member is recorded interrupted with a checkpoint of that moment,
     from which the same command continues each job (alone) to the numbers of an undisturbed
     run."""
-    together, undisturbed = tmp_path / "population", tmp_path / "basic"
-    grid = ("+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=100",
-            "trainer.max_steps=1000", "trainer.max_epochs=10")  # fmt: skip
-    cmd = [sys.executable, "-m", "src.train", "-m", *grid, "hydra/launcher=population",
+    together = tmp_path / "population"
+    cmd = [*PYTHON, "-m", "src.train", "-m", *STOPPED_GRID, "hydra/launcher=population",
            f"hydra.launcher.n_jobs={workers}", f"hydra.sweep.dir={together}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -198,15 +213,12 @@ def test_a_population_stopped_by_sigterm_is_continued_by_the_same_command(worker
         record = read_metrics(together / name)
         assert record["status"] == "interrupted", record
         assert record["error"] == f"stopped by SIGTERM at step {record['steps']}"
-        assert 0 < record["steps"] < 1000 and record["checkpoint"] == "checkpoints/last.ckpt"
+        assert 0 < record["steps"] < 500 and record["checkpoint"] == "checkpoints/last.ckpt"
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (again.stdout + again.stderr).count("trains alone: it continues from its own") == 2
-    subprocess.run([sys.executable, "-m", "src.train", "-m", *grid,
-                    f"hydra.sweep.dir={undisturbed}"], cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=600)  # fmt: skip
     for name in ("optimizer.lr=0.5", "optimizer.lr=1.0"):
-        resumed, plain = read_metrics(together / name), read_metrics(undisturbed / name)
+        resumed, plain = read_metrics(together / name), read_metrics(undisturbed_grid / name)
         assert resumed["status"] == plain["status"] == "completed"
         for key in ("steps", "val/loss", "test/loss", "train/loss"):
             assert resumed[key] == pytest.approx(plain[key], rel=1e-6), (name, key)
@@ -253,7 +265,7 @@ def test_members_of_other_seeds_train_together_in_two_worker_processes(tiny_mnis
 
 
 def test_no_worker_process_is_refused_in_one_line(tmp_path):
-    cmd = [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "optimizer.lr=0.1,0.5",
+    cmd = [*PYTHON, "-m", "src.train", "-m", "+experiment=nand", "optimizer.lr=0.1,0.5",
            "hydra/launcher=population", "hydra.launcher.n_jobs=0",
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

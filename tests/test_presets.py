@@ -3,7 +3,6 @@
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from src.config import register, validate
-from tests.conftest import REPO, read_metrics, run_train
+from tests.conftest import PYTHON, REPO, read_metrics, run_train
 
 CONF = REPO / "conf"
 # The short runs draw no pictures: matplotlib alone takes seconds to import.
@@ -32,7 +31,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     """`python -m <args>` as a user runs it: Hydra's short errors, no HYDRA_FULL_ERROR."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([*PYTHON, "-m", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, make_mnist_files, read_metrics, run_train, write_idx
+from tests.conftest import PYTHON, REPO, make_mnist_files, read_metrics, run_train, write_idx
 
 NUMBERS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "steps")
 
@@ -71,6 +71,7 @@ def test_resume_from_last_checkpoint_ends_like_an_uninterrupted_run(base, uninte
 def test_kill_9_then_resume_ends_like_an_uninterrupted_run(base, uninterrupted, tmp_path):
     run_dir = tmp_path / "killed"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
+    # The real interpreter: the process killed is the one that trains, not a client of PYTHON's.
     cmd = [
         sys.executable,
         "-m",
@@ -300,7 +301,7 @@ def test_bad_input_is_refused_with_one_message(case, base, tmp_path):
         "http_proxy": "http://127.0.0.1:9",
         "https_proxy": "http://127.0.0.1:9",
     }
-    cmd = [sys.executable, "-m", "src.train", *base, *map(fill, overrides),
+    cmd = [*PYTHON, "-m", "src.train", *base, *map(fill, overrides),
            f"hydra.run.dir={run_dir}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
@@ -335,7 +336,7 @@ def test_a_run_folder_cannot_run_code_of_its_own(module, tmp_path):
     if module == "src.predict":
         args = [f"ckpt_path={ckpt}", f"input={REPO / 'docs' / 'mnist_first_layer_weights.png'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+    proc = subprocess.run([*PYTHON, "-m", module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True)  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output
@@ -365,7 +366,7 @@ def test_a_class_counts_where_it_is_defined_not_where_it_is_imported(target, def
 def test_a_run_folder_may_build_only_classes_even_when_allowed(tmp_path):
     ckpt = crafted_run(tmp_path, {"_target_": "src.records.write_text", "path": "x", "text": "y"})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "src.eval", f"ckpt_path={ckpt}",
+    proc = subprocess.run([*PYTHON, "-m", "src.eval", f"ckpt_path={ckpt}",
                            f"hydra.run.dir={tmp_path / 'out'}"], cwd=REPO, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2
@@ -377,7 +378,7 @@ def test_a_run_folder_may_build_only_classes_even_when_allowed(tmp_path):
 def test_eval_and_predict_without_a_checkpoint_say_so(module, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = ["input=x"] if module == "src.predict" else [f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+    proc = subprocess.run([*PYTHON, "-m", module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True)  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output
@@ -401,14 +402,15 @@ def test_a_directory_that_cannot_be_made_is_one_line(case, mode, tmp_path):
     key = f"hydra.{mode}.dir"
     args = ["-m", "src.train", *(["-m"] if mode == "sweep" else []), "+experiment=nand",
             "+debug=fdr", "seed=1,2" if mode == "sweep" else "seed=1"]  # fmt: skip
-    cmd = [sys.executable, *args, f"{key}={place}"]
+    cmd = [*PYTHON, *args, f"{key}={place}"]
     if case == "on a read-only file system":  # a private mount, gone with the process
         if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
             pytest.skip("no unshare -rm (user and mount namespaces) here")
         readonly = tmp_path / "readonly"
         readonly.mkdir()
-        cmd = ["unshare", "-rm", "sh", "-c",
-               f'mount -t tmpfs -o ro tmpfs {readonly} && exec "$@"', "sh", *cmd]  # fmt: skip
+        # The real interpreter: a run forked from PYTHON's server would not be in the namespace.
+        cmd = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o ro tmpfs {readonly} && exec "$@"',
+               "sh", sys.executable, *args, f"{key}={place}"]  # fmt: skip
         cmd = [part.replace("READONLY", str(readonly)) for part in cmd]
         place = place.replace("READONLY", str(readonly))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -422,7 +424,7 @@ def test_a_directory_that_cannot_be_made_is_one_line(case, mode, tmp_path):
 @pytest.mark.parametrize("entry", ["src.train", "src.eval", "src.predict"])
 def test_a_number_too_long_to_read_is_one_line(entry, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", entry, "+experiment=nand", "ckpt_path=last.ckpt",
+    cmd = [*PYTHON, "-m", entry, "+experiment=nand", "ckpt_path=last.ckpt",
            "seed=" + "1" * 5000, f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
@@ -445,7 +447,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tiny_mnist, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "src.train", "+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}",
+        [*PYTHON, "-m", "src.train", "+experiment=mnist_sgd", f"data.data_dir={tiny_mnist}",
          "data.val_size=100", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"],
         cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=cap_files, timeout=300,
     )  # fmt: skip
@@ -470,7 +472,7 @@ def test_a_full_disk_under_tensorboard_names_its_event_file(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "src.train", "+experiment=nand", "data.steps_per_epoch=250",
+        [*PYTHON, "-m", "src.train", "+experiment=nand", "data.steps_per_epoch=250",
          "trainer.max_steps=1000", f"hydra.run.dir={run_dir}"],
         cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=cap_files, timeout=300,
     )  # fmt: skip
@@ -488,7 +490,7 @@ def test_eval_refuses_a_checkpoint_outside_its_run(tmp_path):
     torch.save({"state_dict": {}}, ckpt)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "src.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'e'}"],
+        [*PYTHON, "-m", "src.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'e'}"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -656,7 +658,7 @@ def test_the_commands_refuse_such_a_folder_in_one_line_with_status_2(
             "src.train": [*RESUME, f"ckpt_path={ckpt}", f"hydra.run.dir={out}"]}  # fmt: skip
     before = files_under(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), SECRET[0]: SECRET[1]}
-    proc = subprocess.run([sys.executable, "-m", module, *args[module]], cwd=REPO, env=env,
+    proc = subprocess.run([*PYTHON, "-m", module, *args[module]], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     output = proc.stdout + proc.stderr
     lines = [line for line in output.splitlines() if line.strip()]

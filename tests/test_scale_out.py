@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import yaml
 from torch import nn
 
 from src.checkpoints import load_run
-from tests.conftest import REPO, read_metrics
+from tests.conftest import PYTHON, REPO, read_metrics
 
 ENV = {
     **os.environ,
@@ -37,8 +36,9 @@ def free_port() -> int:
 
 
 def torchrun(*launch: str) -> list[str]:
-    """torchrun (torch.distributed.run, the module its console script calls) on src.train."""
-    return [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "src.train"]
+    """torchrun (torch.distributed.run, the module its console script calls) on src.train; the
+    ranks it starts are real interpreters (sys.executable)."""
+    return [*PYTHON, "-m", "torch.distributed.run", *launch, "-m", "src.train"]
 
 
 def run(command: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 def evaluate(ckpt: Path, out_dir: Path) -> dict:
     """src.eval of `ckpt` in one process: its metrics.json."""
-    run([sys.executable, "-m", "src.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={out_dir}",
+    run([*PYTHON, "-m", "src.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={out_dir}",
          "trainer.accelerator=cpu"], cwd=REPO)  # fmt: skip
     return read_metrics(out_dir)
 
@@ -240,7 +240,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def test_a_sweep_of_ddp_jobs_trains_each_job_on_every_rank_with_its_settings(tiny_mnist, tmp_path):
     """Lightning starts a job's other rank by running the command line again: the whole sweep's.
     Each job's ranks train that job alone, in its directory, with its learning rate."""
-    proc = run([sys.executable, "-m", "src.train", "-m", "+experiment=mnist_sgd", "trainer=ddp_cpu",
+    proc = run([*PYTHON, "-m", "src.train", "-m", "+experiment=mnist_sgd", "trainer=ddp_cpu",
                 f"data.data_dir={tiny_mnist}", *TINY, "optimizer.lr=0.1,0.01",
                 *losses_callback("${paths.output_dir}/ranks")], cwd=tmp_path)  # fmt: skip
     assert proc.stdout.count("Launching 2 jobs") == 1  # no rank ran the sweep again
@@ -291,7 +291,7 @@ def test_submitit_local_runs_a_grid_and_a_job_it_timed_out_continues_when_run_ag
     grid = ["-m", "+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=500",
             "trainer.max_steps=1000", "trainer.max_epochs=2", "+callbacks.slow.seconds=0.05",
             "+callbacks.slow._target_=tests.slow_steps.SlowSteps"]  # fmt: skip
-    train = [sys.executable, "-m", "src.train", *grid]
+    train = [*PYTHON, "-m", "src.train", *grid]
     submitit = [*train, f"+callbacks.slow.while_exists={slow}", "hydra/launcher=submitit_local",
                 "hydra.launcher.timeout_min=1",
                 f"hydra.sweep.dir={tmp_path / 'submitit'}"]  # fmt: skip
@@ -343,7 +343,7 @@ def test_optuna_workers_share_one_study_in_one_sqlite_file(tmp_path):
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    search = [sys.executable, "-m", "src.train", "+experiment=nand", "hparams_search=nand_optuna",
+    search = [*PYTHON, "-m", "src.train", "+experiment=nand", "hparams_search=nand_optuna",
               "data.steps_per_epoch=100", "trainer.max_steps=200", "trainer.max_epochs=2",
               "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={storage}",
               "hydra.sweeper.study_name=nand", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
@@ -394,7 +394,7 @@ def trained_with(record: dict, params: dict) -> bool:
 def test_a_storage_optuna_cannot_open_under_sqlalchemy_2_is_refused_in_one_line(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     proc = subprocess.run(
-        [sys.executable, "-m", "src.train", "+experiment=nand", "hparams_search=nand_optuna",
+        [*PYTHON, "-m", "src.train", "+experiment=nand", "hparams_search=nand_optuna",
          f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=nand",
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,

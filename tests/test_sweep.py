@@ -4,13 +4,12 @@ and sweeps run again: by settings, never by position, and never trusting a damag
 import csv
 import os
 import subprocess
-import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.conftest import REPO, read_metrics
+from tests.conftest import PYTHON, REPO, read_metrics
 from tests.test_train import load_events, read_hparams
 
 pytestmark = pytest.mark.slow  # every test here trains
@@ -22,7 +21,7 @@ GRID = ("optimizer=sgd,adam", "optimizer.lr=0.01,0.001")
 
 def run_sweep(tiny_mnist, *overrides, cwd=REPO) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "src.train", "-m", "+experiment=mnist_sgd",
+        *PYTHON, "-m", "src.train", "-m", "+experiment=mnist_sgd",
         f"data.data_dir={tiny_mnist}", "data.val_size=100", "trainer.max_epochs=1",
         "trainer.log_every_n_steps=1", *overrides,
     ]  # fmt: skip
@@ -110,7 +109,7 @@ def test_hparams_opens_on_what_tells_the_jobs_apart_then_the_experiments_metric(
 def test_a_sweep_of_other_shared_settings_is_refused_its_folder(sweep, tiny_mnist):
     sweep_dir, _ = sweep
     before = sorted((p.name, p.stat().st_mtime_ns) for p in sweep_dir.rglob("*"))
-    cmd = [sys.executable, "-m", "src.train", "-m", "+experiment=mnist_sgd",
+    cmd = [*PYTHON, "-m", "src.train", "-m", "+experiment=mnist_sgd",
            f"data.data_dir={tiny_mnist}", "data.val_size=100", "trainer.max_epochs=2",
            "trainer.log_every_n_steps=1", *GRID, f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -168,7 +167,7 @@ def test_a_failing_job_is_recorded_and_the_others_run(tiny_mnist, tmp_path):
 def nand_sweep(sweep_dir, values: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=50",
+        [*PYTHON, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=50",
          "trainer.max_steps=100", f"optimizer.lr={values}", f"hydra.sweep.dir={sweep_dir}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -214,11 +213,11 @@ def test_a_damaged_record_is_an_unfinished_job_never_a_crash(tmp_path):
     (corrupt / "metrics.json").write_text('{"status": "compl')
     (missing / "metrics.json").unlink()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    summary = subprocess.run([sys.executable, "-m", "src.sweep", str(tmp_path)], cwd=REPO, env=env,
+    summary = subprocess.run([*PYTHON, "-m", "src.sweep", str(tmp_path)], cwd=REPO, env=env,
                              capture_output=True, text=True)  # fmt: skip
     assert summary.returncode == 0, summary.stderr
     assert {row["status"] for row in read_summary(tmp_path)} == {"unfinished"}
-    report = subprocess.run([sys.executable, "-m", "src.report", str(tmp_path)], cwd=REPO, env=env,
+    report = subprocess.run([*PYTHON, "-m", "src.report", str(tmp_path)], cwd=REPO, env=env,
                             capture_output=True, text=True)  # fmt: skip
     assert report.returncode == 0, report.stderr
     # Run again, each continues from its last checkpoint: the run's whole life is recorded.
@@ -232,7 +231,7 @@ def test_a_damaged_record_is_an_unfinished_job_never_a_crash(tmp_path):
 
 def test_summing_up_a_folder_without_jobs_is_refused(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "src.sweep", str(tmp_path)], cwd=REPO, env=env,
+    proc = subprocess.run([*PYTHON, "-m", "src.sweep", str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0 and "holds no sweep jobs" in proc.stderr
     assert not (tmp_path / "summary.csv").exists()
@@ -241,7 +240,7 @@ def test_summing_up_a_folder_without_jobs_is_refused(tmp_path):
 def test_joblib_launcher_and_two_sweeps_at_once(tmp_path, tiny_mnist):
     """Two sweeps started together, each with two parallel jobs: four directories, no clash."""
     cmd = [
-        sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=50",
+        *PYTHON, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=50",
         "trainer.max_steps=50", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -263,7 +262,7 @@ def test_joblib_launcher_and_two_sweeps_at_once(tmp_path, tiny_mnist):
 
 def gate_sweep(sweep_dir, *overrides) -> list[str]:
     """A 3-job NAND sweep of 200 steps a job, as a command line."""
-    return [sys.executable, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
+    return [*PYTHON, "-m", "src.train", "-m", "+experiment=nand", "data.steps_per_epoch=100",
             "trainer.max_steps=200", "optimizer.lr=0.5,0.1,1.0", f"hydra.sweep.dir={sweep_dir}",
             *overrides]  # fmt: skip
 
@@ -341,7 +340,7 @@ def test_two_sweeps_into_one_folder_train_each_job_once(tmp_path):
 def test_optuna_search_returns_the_optimized_metric(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [
-        sys.executable, "-m", "src.train", "-m", "+experiment=nand", "hparams_search=nand_optuna",
+        *PYTHON, "-m", "src.train", "-m", "+experiment=nand", "hparams_search=nand_optuna",
         "hydra.sweeper.n_trials=2", "data.steps_per_epoch=100", "trainer.max_steps=100",
         f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip

@@ -2,7 +2,6 @@
 
 import math
 import subprocess
-import sys
 from datetime import datetime
 from subprocess import PIPE
 
@@ -16,7 +15,7 @@ from torch import nn
 from src.checkpoints import load_run
 from src.config import register
 from src.eval import evaluate
-from tests.conftest import REPO, read_metrics, run_train
+from tests.conftest import PYTHON, REPO, read_metrics, run_train
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -158,7 +157,7 @@ def test_tensorboard_layout_puts_train_and_val_on_one_chart(mnist_run):
 
 
 def test_runs_started_together_get_their_own_directories(tmp_path):
-    cmd = [sys.executable, "-m", "src.train", "+experiment=nand", "trainer.max_steps=20"]
+    cmd = [*PYTHON, "-m", "src.train", "+experiment=nand", "trainer.max_steps=20"]
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     procs = [
         subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=PIPE)
