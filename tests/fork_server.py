@@ -53,23 +53,38 @@ def receive(sock: socket.socket) -> object:
 
 def client(args: list[str]) -> None:
     address = os.environ.get(ADDRESS)
-    sock = socket.socket(socket.AF_UNIX)
-    try:
-        if not address or len(args) < 2 or args[0] != "-m":
-            raise OSError("not for the server")
-        sock.connect(address)
-    except OSError:
+    if not address or len(args) < 2 or args[0] != "-m":
         os.execv(sys.executable, [sys.executable, *args])
+    # A signal that comes before the run's pid is known is passed on once it is.
+    run, pending = [], []
+
+    def pass_on(sig: int, frame: object) -> None:
+        if run:
+            os.kill(run[0], sig)
+        else:
+            pending.append(sig)
+
+    ignored = [sig for sig in signal.valid_signals() if signal.getsignal(sig) == signal.SIG_IGN]
+    given = {sig: signal.signal(sig, pass_on) for sig in FORWARDED}
     env = {key: value for key, value in os.environ.items() if key != ADDRESS}
     limits = {name: resource.getrlimit(getattr(resource, name)) for name in dir(resource)
               if name.startswith("RLIMIT_")}  # fmt: skip
-    ignored = [sig for sig in signal.valid_signals() if signal.getsignal(sig) == signal.SIG_IGN]
-    socket.send_fds(sock, [b"."], [0, 1, 2])
-    send(sock, {"args": args, "cwd": os.getcwd(), "env": env, "limits": limits,
-                "ignored": ignored})  # fmt: skip
-    pid = receive(sock)
-    for sig in FORWARDED:
-        signal.signal(sig, lambda sig, frame: os.kill(pid, sig))
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.connect(address)
+        socket.send_fds(sock, [b"."], [0, 1, 2])
+        send(sock, {"args": args, "cwd": os.getcwd(), "env": env, "limits": limits,
+                    "ignored": ignored})  # fmt: skip
+        run.append(receive(sock))
+    except (OSError, EOFError):  # no server, or none that started the run
+        for sig, handler in given.items():
+            signal.signal(sig, handler)
+        for sig in pending:  # as the interpreter would have taken it
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        os.execv(sys.executable, [sys.executable, *args])
+    for sig in pending:
+        os.kill(run[0], sig)
     status = receive(sock)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -79,6 +94,7 @@ def client(args: list[str]) -> None:
 
 
 def serve(address: str) -> None:
+    import gc
     import importlib
     import logging
 
@@ -89,6 +105,10 @@ def serve(address: str) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     logging.getLogger().removeHandler(standing_in)
+    # What is imported now lives as long as any command's process: kept out of the collector's
+    # passes, which would otherwise touch, and so copy, every page of it in each fork.
+    gc.collect()
+    gc.freeze()
     own = {os.path.dirname(os.path.abspath(__file__)), *os.environ.get("PYTHONPATH", "").split(":")}
     base_path = [entry for entry in sys.path if entry not in own]
     parent = os.getppid()
@@ -103,9 +123,14 @@ def serve(address: str) -> None:
             conn, _ = listener.accept()
         except TimeoutError:
             continue
+        conn.settimeout(10.0)  # a client killed as it connects holds up no other
+        try:
+            _, fds, _, _ = socket.recv_fds(conn, 1, 3)
+            request = receive(conn)
+        except (OSError, EOFError, ValueError):
+            conn.close()
+            continue
         conn.settimeout(None)
-        _, fds, _, _ = socket.recv_fds(conn, 1, 3)
-        request = receive(conn)
         sys.stdout.flush()
         sys.stderr.flush()
         if os.fork() == 0:
