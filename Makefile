@@ -55,7 +55,7 @@ test: $(DEV) data ## lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
-test-fast: $(DEV) data ## the tests not marked slow (under a minute)
+test-fast: $(DEV) data ## the tests not marked slow (a minute and a half)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 lint: $(DEV) ## ruff check and format check
