@@ -10,8 +10,8 @@ server has not imported.
 A test starts `[*PYTHON, "-m", "src.train", ...]` with subprocess as it would start the real
 interpreter. PYTHON is this file run as a client, a process that stands in for the interpreter:
 it hands its streams, resource limits and ignored signals (a subprocess's preexec_fn) to the
-server, passes on the signals it gets (the SIGKILL it cannot catch
-closes its connection, and the run is killed), and ends with the run's exit status or signal.
+server, passes on the signals it gets (the SIGKILL it cannot catch closes its connection, and the
+run is killed), and ends with the run's exit status or signal.
 Without a server, or for anything but `-m`, the client becomes the real interpreter (exec).
 """
 
@@ -56,11 +56,11 @@ def client(args: list[str]) -> None:
     if not address or len(args) < 2 or args[0] != "-m":
         os.execv(sys.executable, [sys.executable, *args])
     # A signal that comes before the run's pid is known is passed on once it is.
-    run, pending = [], []
+    started, pending = [], []
 
     def pass_on(sig: int, frame: object) -> None:
-        if run:
-            os.kill(run[0], sig)
+        if started:
+            os.kill(started[0], sig)
         else:
             pending.append(sig)
 
@@ -75,7 +75,7 @@ def client(args: list[str]) -> None:
         socket.send_fds(sock, [b"."], [0, 1, 2])
         send(sock, {"args": args, "cwd": os.getcwd(), "env": env, "limits": limits,
                     "ignored": ignored})  # fmt: skip
-        run.append(receive(sock))
+        started.append(receive(sock))
     except (OSError, EOFError):  # no server, or none that started the run
         for sig, handler in given.items():
             signal.signal(sig, handler)
@@ -84,7 +84,7 @@ def client(args: list[str]) -> None:
             os.kill(os.getpid(), sig)
         os.execv(sys.executable, [sys.executable, *args])
     for sig in pending:
-        os.kill(run[0], sig)
+        os.kill(started[0], sig)
     status = receive(sock)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
