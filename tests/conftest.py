@@ -4,6 +4,7 @@ import ast
 import functools
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -141,9 +142,7 @@ def fork_server():
     del os.environ[ADDRESS]
     server.kill()
     server.wait()
-    for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
-    os.rmdir(folder)
+    shutil.rmtree(folder)
 
 
 def run_train(*overrides: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:

@@ -402,7 +402,8 @@ def test_a_directory_that_cannot_be_made_is_one_line(case, mode, tmp_path):
     key = f"hydra.{mode}.dir"
     args = ["-m", "src.train", *(["-m"] if mode == "sweep" else []), "+experiment=nand",
             "+debug=fdr", "seed=1,2" if mode == "sweep" else "seed=1"]  # fmt: skip
-    cmd = [*PYTHON, *args, f"{key}={place}"]
+    args.append(f"{key}={place}")
+    cmd = [*PYTHON, *args]
     if case == "on a read-only file system":  # a private mount, gone with the process
         if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
             pytest.skip("no unshare -rm (user and mount namespaces) here")
@@ -410,7 +411,7 @@ def test_a_directory_that_cannot_be_made_is_one_line(case, mode, tmp_path):
         readonly.mkdir()
         # The real interpreter: a run forked from PYTHON's server would not be in the namespace.
         cmd = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o ro tmpfs {readonly} && exec "$@"',
-               "sh", sys.executable, *args, f"{key}={place}"]  # fmt: skip
+               "sh", sys.executable, *args]  # fmt: skip
         cmd = [part.replace("READONLY", str(readonly)) for part in cmd]
         place = place.replace("READONLY", str(readonly))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
