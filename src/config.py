@@ -8,8 +8,9 @@ lr_scheduler dict's are made from their signatures: their names, types and defau
 them. The ranges are the classes' own checks: `validate` builds the optimizer and its schedule
 once on a stand-in weight, before any data is read, so that a value PyTorch refuses is one line
 naming the key, for an optimizer or schedule with no schema too; src/train.py builds the network
-and the data, whose own checks (src/checks.py) name the key likewise. `validate` checks the rest
-of the ranges, those of the run and of the Trainer, before Lightning is imported.
+and the data, whose own checks (src/checks.py) name the key likewise, and the Trainer, whose
+Lightning checks its own. `validate` checks, before Lightning is imported, the run's ranges and
+the few Trainer values Lightning takes without a word but cannot train with.
 
 The YAML files hold the values and pick their schema in their defaults list.
 """
@@ -39,11 +40,6 @@ from src.signatures import signature_fields, signed_schema
 
 require = functools.partial(checks.require, error=ConfigError)
 one_of = functools.partial(checks.one_of, error=ConfigError)
-
-
-def is_count(value) -> bool:
-    """An int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --- optimizer/, scheduler/, data/, model/net/, pictures/: schemas from signatures ----------------
@@ -134,11 +130,6 @@ class ModuleSchema:
 # --- trainer/ -----------------------------------------------------------------------------------
 
 
-def is_batch_limit(value) -> bool:
-    """Lightning's limit_*_batches and overfit_batches: a count, or a fraction of the batches."""
-    return (is_count(value) and value >= 0) or (isinstance(value, float) and 0 <= value <= 1)
-
-
 # Lightning's Trainer signature, read as the other classes' are (src/config.py takes 0.25 s to
 # import, Lightning 6.4 s on this repository's machine); tests/test_config.py holds the fields of
 # both to the signatures Python reads.
@@ -155,73 +146,23 @@ def trainer_fields() -> list[tuple[str, Any, Any]]:
 
 
 class TrainerChecks:
-    """The ranges of the Trainer arguments, checked before Lightning is imported."""
+    """What Lightning's Trainer takes without a word, then divides by or trains wrongly with.
+    Its own checks (a negative max_epochs, limit_train_batches=-1, devices=0, an accelerator,
+    precision or profiler it does not know, ...) speak when src/train.py builds it."""
 
     def __post_init__(self):
-        self.check_devices()
-        self.check_loop()
-
-    def check_devices(self):
-        """Where and in what precision it trains."""
-        one_of("trainer.accelerator", self.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
-        devices = self.devices
-        require(
-            devices == "auto"
-            or (is_count(devices) and (devices >= 1 or devices == -1))
-            or (isinstance(devices, str) and devices.lstrip("-").isdigit() and int(devices) != 0)
-            or (isinstance(devices, list) and devices and all(is_count(d) for d in devices)),
-            "trainer.devices", devices, "must be auto, -1 (all), a count of at least 1 or a "
-            "list of device indices",
-        )  # fmt: skip
-        require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "must be at least 1")
-        precisions = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true",
-                      "16", "bf16", "32", "64", 16, 32, 64, None)  # fmt: skip
-        one_of("trainer.precision", self.precision, precisions)
-
-    def check_loop(self):
-        """How long it trains, validates and logs."""
-        require(self.fast_dev_run is True or self.fast_dev_run is False
-                or (is_count(self.fast_dev_run) and self.fast_dev_run >= 0),
-                "trainer.fast_dev_run", self.fast_dev_run,
-                "must be true, false or a number of batches")  # fmt: skip
-        for key in ("max_epochs", "max_steps"):
+        for key in ("max_epochs", "max_steps"):  # Lightning's 0 trains nothing, then tests
             value = getattr(self, key)
-            require(value is None or value == -1 or value >= 1, f"trainer.{key}", value,
-                    "must be -1 (no limit) or at least 1")  # fmt: skip
-        for key in ("min_epochs", "min_steps", "reload_dataloaders_every_n_epochs"):
+            require(value != 0, f"trainer.{key}", value, "must be -1 (no limit) or at least 1")
+        # Lightning counts these with `%`: 0 is a ZeroDivisionError deep in its loop.
+        for key in ("accumulate_grad_batches", "check_val_every_n_epoch", "val_check_interval"):
             value = getattr(self, key)
-            require(value is None or value >= 0, f"trainer.{key}", value, "must be >= 0")
-        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches",
-                    "limit_predict_batches", "overfit_batches"):  # fmt: skip
-            value = getattr(self, key)
-            require(value is None or is_batch_limit(value), f"trainer.{key}", value,
-                    "must be a number of batches (0 or more) or a fraction in [0, 1]")  # fmt: skip
-        interval = self.val_check_interval
-        require(
-            interval is None
-            or (is_count(interval) and interval >= 1)
-            or (isinstance(interval, float) and 0 < interval <= 1),
-            "trainer.val_check_interval", interval,
-            "must be a number of training batches (1 or more) or a fraction of the epoch in (0, 1]",
-        )  # fmt: skip
-        check = self.check_val_every_n_epoch
-        require(check is None or check >= 1, "trainer.check_val_every_n_epoch", check,
-                "must be at least 1, or null to count val_check_interval over epochs")  # fmt: skip
-        sanity = self.num_sanity_val_steps
-        require(sanity is None or sanity >= -1, "trainer.num_sanity_val_steps", sanity,
-                "must be -1 (all) or at least 0")  # fmt: skip
-        every = self.log_every_n_steps
-        require(every is None or every >= 1, "trainer.log_every_n_steps", every,
-                "must be at least 1")  # fmt: skip
-        require(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches",
-                self.accumulate_grad_batches, "must be at least 1")  # fmt: skip
+            require(value != 0 or isinstance(value, float), f"trainer.{key}", value,
+                    "must be at least 1")  # fmt: skip
+        # A negative norm flips every gradient: the run would climb its loss.
         clip = self.gradient_clip_val
         require(clip is None or clip >= 0, "trainer.gradient_clip_val", clip, "must be >= 0")
-        one_of("trainer.gradient_clip_algorithm", self.gradient_clip_algorithm,
-               ("norm", "value", None))  # fmt: skip
         one_of("trainer.deterministic", self.deterministic, (True, False, "warn", None))
-        if not isinstance(self.profiler, dict):  # a node is built from its _target_
-            one_of("trainer.profiler", self.profiler, ("simple", "advanced", "pytorch", None))
 
 
 TrainerSchema = dataclasses.make_dataclass(
@@ -354,7 +295,7 @@ def build_optimizer_once(cfg: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def refused_in_one_line(key: str, node: DictConfig, name_the_key: bool = False):
+def refused_in_one_line(key: str, node: DictConfig, name_the_key: bool = False, also=()):
     """Building (and stepping) the config's `key`, its `node`: a value its class refuses, at its
     __init__ (which Hydra wraps in InstantiationException) or at its first step (where a schedule
     first computes with its own), said in one line naming the key and the class, e.g.
@@ -362,12 +303,14 @@ def refused_in_one_line(key: str, node: DictConfig, name_the_key: bool = False):
     too, src/modules/supervised.py); with `name_the_key`, the setting the message is
     about too (`optimizer.lr (torch.optim.RMSprop): Invalid learning rate: -1`). A check of the
     project's own names its argument (src/checks.py): `model.net.hidden_dim=0 is out of range`.
-    Anything else, as a _target_ that does not exist, keeps its own words and traceback."""
+    `also`: the further exceptions the class refuses a value with (Lightning's Trainer). Anything
+    else, as a _target_ that does not exist, keeps its own words and traceback."""
+    refusals = (TypeError, ValueError, ArithmeticError, *also)
     try:
         yield
-    except (TypeError, ValueError, ArithmeticError, InstantiationException) as err:
+    except (*refusals, InstantiationException) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) else err
-        if not isinstance(cause, (TypeError, ValueError, ArithmeticError)):
+        if not isinstance(cause, refusals):
             raise
         said = (str(cause).strip() or type(cause).__name__).splitlines()[0]
         name, is_, _ = said.partition("=")

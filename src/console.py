@@ -1,6 +1,7 @@
 """What the console shows of the libraries a run uses: one place decides what is noise, for
 every entry point (src.train, src.eval, src.predict, src.report, src.sweep)."""
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -20,6 +21,22 @@ def quiet_console() -> None:
     lightning = logging.getLogger("lightning")
     for handler in list(lightning.handlers):
         lightning.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def held_back(name: str = "lightning.pytorch.utilities.rank_zero"):
+    """Hold back what the logger `name` says (Lightning's notes as its Trainer starts: GPU
+    available, ...) until the block ends: said then if it ended well, dropped if it raised, so
+    that a value the block refuses is the only line."""
+    logger, held = logging.getLogger(name), []
+    hold = held.append  # as a filter: keeps each record here, lets none through (None)
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+    for record in held:
+        logger.handle(record)
 
 
 @functools.cache  # once per process: a sweep's jobs share them

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import sigterm
 from src.command_line import CONF, console_script, run_command_line
 from src.config import refused_in_one_line, register, validate
-from src.console import quiet_console
+from src.console import held_back, quiet_console
 from src.errors import ConfigError, InputError
 from src.names import LAST_CKPT, LR_FIND_PLOT
 from src.ranks import in_sweep_job, sweep_job
@@ -204,12 +204,11 @@ def build(cfg: DictConfig):
         if isinstance(err.__cause__, ModuleNotFoundError) and "mlflow" in str(err.__cause__):
             raise ConfigError("logger=mlflow needs MLflow: pip install -e .[mlflow]") from None
         raise
-    try:
+    # Lightning's own checks: a value it refuses, a GPU this machine lacks, an accelerator's
+    # missing package.
+    refusals = (MisconfigurationException, ImportError)
+    with held_back(), refused_in_one_line("trainer", cfg.trainer, name_the_key=True, also=refusals):
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, MisconfigurationException):  # e.g. a GPU this machine lacks
-            raise ConfigError(f"trainer: {str(err.__cause__).strip().splitlines()[0]}") from None
-        raise
     check_torchrun(trainer)
     return datamodule, model, trainer
 

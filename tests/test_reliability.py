@@ -214,21 +214,23 @@ BAD_INPUT = {
     "zero batch": (["data.batch_size=0"], ["data.batch_size=0", "at least 1"]),
     "val_check_interval": (
         ["trainer.val_check_interval=2.5"],
-        ["trainer.val_check_interval=2.5", "fraction of the epoch"],
+        ["trainer.val_check_interval (lightning.pytorch.Trainer)", "invalid value 2.5"],
     ),
     "limit_train_batches": (
         ["trainer.limit_train_batches=-1"],
-        ["trainer.limit_train_batches=-1", "number of batches"],
+        ["trainer.limit_train_batches (lightning.pytorch.Trainer)", "invalid value -1"],
     ),
     "accumulate": (["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0"]),
+    "negative clip": (["trainer.gradient_clip_val=-1"], ["trainer.gradient_clip_val=-1.0", ">= 0"]),
     "unknown schedule": (["scheduler=cosinee"], ["scheduler=cosinee is not one of", "onecycle"]),
     "unknown trainer flag": (["+trainer.foo=1"], ["trainer.foo is not a setting"]),
     "epochs not a number": (["trainer.max_epochs=abc"], ["trainer.max_epochs", "'abc'"]),
-    "negative epochs": (["trainer.max_epochs=-3"], ["trainer.max_epochs=-3", "-1 (no limit)"]),
+    "negative epochs": (["trainer.max_epochs=-3"], ["trainer.max_epochs", "You passed in -3"]),
     "zero epochs": (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "at least 1"]),
     "steps not a number": (["trainer.max_steps=abc"], ["trainer.max_steps", "'abc'"]),
-    "no devices": (["trainer.devices=0"], ["trainer.devices=0", "a count of at least 1"]),
-    "tpu": (["trainer.accelerator=tpu"], ["trainer.accelerator='tpu'", "cpu"]),
+    "no devices": (["trainer.devices=0"], ["trainer.devices", "`Trainer(devices=0)` value is not"]),
+    "tpu": (["trainer.accelerator=tpu"], ["trainer (lightning.pytorch.Trainer)", "torch_xla"]),
+    "unknown accelerator": (["trainer.accelerator=foo"], ["trainer.accelerator", "invalid accelerator name"]),
     "seed not a number": (["seed=abc"], ["seed", "'abc'"]),
     "negative seed": (["seed=-1"], ["seed=-1", "[0, 2**32)"]),
     "fractional seed": (["seed=1.5"], ["seed", "'1.5'"]),
@@ -309,6 +311,8 @@ def test_bad_input_is_refused_with_one_message(case, base, tmp_path):
     for text in [*expected, *extra]:
         assert fill(text) in output, output
     assert "Traceback" not in output
+    if any(override.startswith("trainer.") for override in overrides):  # the Trainer refused it
+        assert "GPU available" not in output  # and its notes as it starts are not said
     assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())  # a refusal leaves none
     assert not (tmp_path / "pwned").exists()
 
