@@ -7,7 +7,7 @@ lr_scheduler dict's are made from their signatures: their names, types and defau
 `trainer.gradient_clip_val=1` or `optimizer.nesterov=true` can be typed though no YAML sets
 them. The ranges are the classes' own checks: `validate` builds the optimizer and its schedule
 once on a stand-in weight, before any data is read, so that a value PyTorch refuses is one line
-naming the key, for an optimizer or schedule with no schema too; src/train.py builds the network
+naming the key, for an optimizer or schedule with no schema too; src/build.py builds the network
 and the data, whose own checks (src/checks.py) name the key likewise, and the Trainer, whose
 Lightning checks its own. `validate` checks, before Lightning is imported, the run's ranges and
 the few Trainer values Lightning takes without a word but cannot train with.
@@ -49,7 +49,7 @@ one_of = functools.partial(checks.one_of, error=ConfigError)
 # in its defaults list (the `_target_` at <where> names the class): each schema is the class's own
 # arguments, types and defaults (src/signatures.py), made for the classes those files name. Their
 # ranges are the classes' own checks: `validate` builds the optimizer and its schedule once,
-# src/train.py the network and the data. A YAML file for a class no file of conf/ types (a new
+# src/build.py the network and the data. A YAML file for a class no file of conf/ types (a new
 # optimizer, a network of one's own) is typed by those checks alone.
 def signed_targets() -> dict[str, list[str]]:
     """{group: [class path, ...]} of the signed schemas conf/'s YAML files ask for."""
@@ -133,7 +133,7 @@ class ModuleSchema:
 # Lightning's Trainer signature, read as the other classes' are (src/config.py takes 0.25 s to
 # import, Lightning 6.4 s on this repository's machine); tests/test_config.py holds the fields of
 # both to the signatures Python reads.
-BUILT_ELSEWHERE = ("logger", "callbacks")  # the logger/ and callbacks/ groups, src/train.py
+BUILT_ELSEWHERE = ("logger", "callbacks")  # the logger/ and callbacks/ groups, src/build.py
 # A type OmegaConf can check where Lightning's annotation is a union of numbers: a float holds
 # both, and means the same to Lightning here (unlike limit_*_batches, where 1 and 1.0 differ).
 TRAINER_TYPES = {"gradient_clip_val": float | None}
@@ -148,7 +148,7 @@ def trainer_fields() -> list[tuple[str, Any, Any]]:
 class TrainerChecks:
     """What Lightning's Trainer takes without a word, then divides by or trains wrongly with.
     Its own checks (a negative max_epochs, limit_train_batches=-1, devices=0, an accelerator,
-    precision or profiler it does not know, ...) speak when src/train.py builds it."""
+    precision or profiler it does not know, ...) speak when src/build.py builds it."""
 
     def __post_init__(self):
         for key in ("max_epochs", "max_steps"):  # Lightning's 0 trains nothing, then tests

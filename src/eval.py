@@ -46,7 +46,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    # Lightning's own checks of the Trainer's values, each said in one line (src/train.py).
+    # Lightning's own checks of the Trainer's values, each said in one line (src/build.py).
     refusals = (MisconfigurationException, ImportError)
     with held_back(), refused_in_one_line("trainer", cfg.trainer, name_the_key=True, also=refusals):
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)

@@ -301,10 +301,10 @@ def prepare(member: Member, held: contextlib.ExitStack, cfg: DictConfig) -> floa
     """Hydra's task for a member: what `src.train` does before fitting, in the member's folder
     (its config checked, seeded, its data, module, callbacks and loggers built). Returns NaN,
     replaced by the member's objective once the population has trained."""
+    from src.build import load_training_stack
     from src.console import quiet_console
     from src.resume import sole_writer
     from src.run_record import failed
-    from src.train import build, load_training_stack
 
     member.overrides = list(HydraConfig.get().overrides.task)
     sigterm.listen()
@@ -314,36 +314,30 @@ def prepare(member: Member, held: contextlib.ExitStack, cfg: DictConfig) -> floa
     if not held.enter_context(sole_writer(member.run_dir)):
         log.warning("%s is being trained by another process: skipped here", member.run_dir)
         return math.nan
-    raw = OmegaConf.to_container(cfg, resolve=False)  # as its checkpoints keep it
     try:
         from src.config import validate
 
         validate(cfg)
-        OmegaConf.resolve(cfg)  # its folder is Hydra's now; later members' folders are others
         load_training_stack()
         quiet_console()  # as src.train's run, once Lightning is imported
-        build_member(member, cfg, raw, build)
+        build_member(member, cfg)
+        OmegaConf.resolve(cfg)  # its folder is Hydra's now; later members' folders are others
     except Exception as err:
         failed(err, cfg, member.run_dir, member.overrides, in_sweep=True)
         member.module = None
     return math.nan
 
 
-def build_member(member: Member, cfg: DictConfig, raw: dict, build) -> None:
-    """The member's parts, built as src.train builds them, from its seed on."""
-    import lightning as L
+def build_member(member: Member, cfg: DictConfig) -> None:
+    """The member's parts, built as src.train builds a run's, from its seed on."""
     import torch
 
-    from src.callbacks import ConfigInCheckpoints, StopTogether
+    from src.build import build_run
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, trainer = build(cfg)
-    log.info("Seed set to %d", cfg.seed)
+    datamodule, module, trainer = build_run(cfg)
     member.cfg, member.datamodule, member.module = cfg, datamodule, module
     member.random_state = torch.get_rng_state(), None  # a GPU's from its first step on
-    member.callbacks = [*trainer.callbacks, ConfigInCheckpoints(raw), StopTogether()]
+    member.callbacks = list(trainer.callbacks)
     member.loggers = list(trainer.loggers)
 
 

@@ -1,15 +1,13 @@
 """Train one experiment and record what it learned: `python -m src.train +experiment=mnist_sgd`.
 
-The flow reads top to bottom: check the config, seed, build data, model, callbacks, loggers and
-trainer from it, fit, test the last checkpoint, then write `metrics.json` and the hyperparameters
-next to TensorBoard's curves.
+The flow reads top to bottom: check the config, build the run's parts from it from its seed on
+(src/build.py), fit, test the last checkpoint, then write `metrics.json` and the hyperparameters
+next to TensorBoard's curves (src/run_record.py).
 """
 
 import contextlib
-import gc
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -17,15 +15,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from src import sigterm
+from src.build import build_run, load_training_stack
 from src.command_line import CONF, console_script, run_command_line
-from src.config import refused_in_one_line, register, validate
-from src.console import held_back, quiet_console
-from src.errors import ConfigError, InputError
+from src.config import register, validate
+from src.console import quiet_console
+from src.errors import InputError
 from src.names import LAST_CKPT, LR_FIND_PLOT
 from src.ranks import in_sweep_job, sweep_job
 from src.resume import sole_writer
@@ -96,10 +94,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], in_sweep: bool) ->
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Fit and test the configured model; write and return the run's `metrics.json` record."""
     load_training_stack()
-    import lightning as L
-    import torch
-
-    from src.callbacks import ConfigInCheckpoints, ResumedSettings, StopTogether
+    from src.callbacks import ResumedSettings
     from src.checkpoints import check_weights_fit, hand_over, resume_from
     from src.lr_finder import find_learning_rate
 
@@ -108,23 +103,15 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     # its next write, once, not also as that thread's traceback.
     threading.excepthook = quiet_when_no_room(threading.excepthook)
     resume = resume_from(cfg)  # None: a new run
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    # Said once the parts are built: a wrong value among them is then the run's only line.
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model, trainer = build(cfg)
-    log.info("Seed set to %d", cfg.seed)
+    datamodule, model, trainer = build_run(cfg)
     if resume:
         check_weights_fit(resume.checkpoint, model, resume.path)  # another network's: one line
         hand_over(resume, trainer)
-    # Before the run's own callbacks see anything; a resumed run has its learning rate already.
+        if resume.changes:
+            trainer.callbacks.append(ResumedSettings(resume.changes))
+    # A resumed run has its learning rate already.
     finding = cfg.lr_find and not resume
     suggestion = find_learning_rate(cfg, model, datamodule, run_dir) if finding else None
-    trainer.callbacks.append(ConfigInCheckpoints(OmegaConf.to_container(cfg, resolve=False)))
-    trainer.callbacks.append(StopTogether())  # under DDP, a SIGTERM to one rank stops all
-    if resume and resume.changes:
-        trainer.callbacks.append(ResumedSettings(resume.changes))
-
     start = time.perf_counter()
     outcome = fit(trainer, model, datamodule, cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
@@ -172,80 +159,6 @@ def test(trainer, model, datamodule, tested: Path | None) -> Outcome:
     if stop_asked(trainer):  # Lightning's test loop runs on through a SIGTERM
         return Outcome("interrupted", "stopped by SIGTERM while testing")
     return Outcome("completed", tested=tested)
-
-
-def build(cfg: DictConfig):
-    """The datamodule, the module (with its optimizer and schedule) and the Trainer (with its
-    callbacks and loggers) that the config describes."""
-    from hydra.utils import instantiate
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
-
-    with refused_in_one_line("data", cfg.data):
-        datamodule = instantiate(cfg.data)
-    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.scheduler else None
-    # The network is what a user brings; the module around it takes only what its YAML gives.
-    with refused_in_one_line("model.net", cfg.model.net):
-        model = instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
-    callbacks = []
-    for name, node in cfg.get("callbacks", {}).items():
-        with refused_in_one_line(f"callbacks.{name}", node):
-            callbacks.append(instantiate(node))
-    # No bar and no summary when the flags say so: Lightning refuses such a bar among the
-    # callbacks, and would run such a summary.
-    if cfg.trainer.enable_progress_bar is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if cfg.trainer.enable_model_summary is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
-    try:
-        loggers = [instantiate(lg) for lg in cfg.get("logger", {}).values()]
-    except InstantiationException as err:
-        # MLflow is an optional extra: Lightning's MLFlowLogger raises this when it is missing.
-        if isinstance(err.__cause__, ModuleNotFoundError) and "mlflow" in str(err.__cause__):
-            raise ConfigError("logger=mlflow needs MLflow: pip install -e .[mlflow]") from None
-        raise
-    # Lightning's own checks: a value it refuses, a GPU this machine lacks, an accelerator's
-    # missing package.
-    refusals = (MisconfigurationException, ImportError)
-    with held_back(), refused_in_one_line("trainer", cfg.trainer, name_the_key=True, also=refusals):
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    check_torchrun(trainer)
-    return datamodule, model, trainer
-
-
-def check_torchrun(trainer) -> None:
-    """Under torchrun, Lightning trains in the processes torchrun started (its TorchElastic
-    environment): refuse a trainer that counts another number of them, before it fits."""
-    started = os.environ.get("WORLD_SIZE") if os.environ.get("TORCHELASTIC_RUN_ID") else None
-    asked = trainer.num_devices * trainer.num_nodes
-    if started is not None and asked != int(started):
-        raise ConfigError(
-            f"torchrun runs {started} ranks, but trainer.devices={trainer.num_devices} times "
-            f"trainer.num_nodes={trainer.num_nodes} make {asked}: give torchrun "
-            "--nproc-per-node=<trainer.devices> and --nnodes=<trainer.num_nodes>"
-        )
-
-
-def load_training_stack() -> None:
-    """Import Lightning and the project's modules, for a run that passed the config checks
-    (composing and checking a config needs none of them).
-
-    The imports leave about half a million objects that live as long as the process. Python's
-    collector would scan all of them at each full collection, seven times during the imports
-    alone (~0.7 s) and again at exit, without ever freeing one: they are frozen out of its sight.
-    """
-    if "lightning" in sys.modules:  # a sweep's later jobs
-        return
-    gc.disable()
-    try:
-        import lightning  # noqa: F401
-
-        import src.callbacks  # noqa: F401
-        import src.data  # noqa: F401
-        import src.modules  # noqa: F401
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 cli = console_script(main)  # the console script primer-train (pyproject.toml)

@@ -230,7 +230,7 @@ BAD_INPUT = {
     "steps not a number": (["trainer.max_steps=abc"], ["trainer.max_steps", "'abc'"]),
     "no devices": (["trainer.devices=0"], ["trainer.devices", "`Trainer(devices=0)` value is not"]),
     "tpu": (["trainer.accelerator=tpu"], ["trainer (lightning.pytorch.Trainer)", "torch_xla"]),
-    "unknown accelerator": (["trainer.accelerator=foo"], ["trainer.accelerator", "invalid accelerator name"]),
+    "unknown accelerator": (["trainer.accelerator=foo"], ["trainer.accelerator", "invalid accel"]),
     "seed not a number": (["seed=abc"], ["seed", "'abc'"]),
     "negative seed": (["seed=-1"], ["seed=-1", "[0, 2**32)"]),
     "fractional seed": (["seed=1.5"], ["seed", "'1.5'"]),
