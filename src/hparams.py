@@ -9,6 +9,8 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.plugins.hparams import summary_v2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from src.names import FINAL_METRICS
+
 
 def as_tensorboard_values(settings: dict) -> dict:
     """TensorBoard knows one number type and prints it with decimals (64.000): a count reads
@@ -26,8 +28,9 @@ def run_name(run_dir) -> str:
     return f"{Path(run_dir).name} in {where}"
 
 
-# HPARAMS's table shows the first five settings it lists and every metric, in this order.
-FINAL = ("val/loss", "val/acc", "test/acc", "test/loss", "train/loss", "train/acc", "test/ece")
+# HPARAMS's table shows the first five settings it lists and every metric, in this order: those
+# that judge a run (val/, test/) before those of its training.
+FINAL = sorted(FINAL_METRICS, key=lambda name: ("val", "test", "train").index(name.split("/")[0]))
 COLUMNS = ".sweep-columns"  # the end of its event file's name
 
 

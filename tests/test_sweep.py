@@ -97,7 +97,7 @@ def test_hparams_opens_on_what_tells_the_jobs_apart_then_the_experiments_metric(
     assert "optimizer.betas" in names and "optimizer.momentum" in names
     assert not {"experiment", "seed", "data.batch_size", "model.net"} & set(names)  # shared
     assert [info.name.tag for info in experiment.metric_infos] == [
-        "val/acc", "val/loss", "test/acc", "test/loss", "train/loss", "train/acc", "test/ece",
+        "val/acc", "val/loss", "test/loss", "test/acc", "test/ece", "train/loss", "train/acc",
     ]  # fmt: skip
     for job in (p for p in sweep_dir.iterdir() if p.is_dir()):
         start = plugin_data_pb2.HParamsPluginData.FromString(
