@@ -3,7 +3,7 @@
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy
 
-from src.modules.supervised import OptimizerFactory, SupervisedModule
+from src.modules.supervised import SupervisedModule
 
 
 class GateModule(SupervisedModule):
@@ -12,17 +12,5 @@ class GateModule(SupervisedModule):
     input_shape = (2,)
     output_shape = (1,)
 
-    def __init__(
-        self,
-        net: nn.Module,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: dict | None = None,
-    ):
-        super().__init__(
-            net=net,
-            loss=nn.MSELoss(),
-            accuracy=BinaryAccuracy(threshold=0.5, validate_args=False),
-            optimizer=optimizer,
-            scheduler=scheduler,
-        )
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+    def criteria(self):
+        return nn.MSELoss(), BinaryAccuracy(threshold=0.5, validate_args=False)

@@ -54,8 +54,8 @@ class SupervisedModule(L.LightningModule):
     with the partial schedule under `schedule`. Training is Lightning's own: one minibatch and one
     optimizer step per training_step call, automatic optimization.
 
-    Subclasses set the task: `input_shape` of one example and the `output_shape` the loss needs,
-    and for a classification task its `num_classes`: its first loss (`train/first_loss`, kept
+    Subclasses set the task: its `criteria()`, `input_shape` of one example and the
+    `output_shape` the loss needs, and for a classification task its `num_classes`: its first loss (`train/first_loss`, kept
     for every task to judge divergence by) is then checked against a uniform guess's and its
     test set calibration measured (`test/ece`).
     """
@@ -67,14 +67,15 @@ class SupervisedModule(L.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        loss: nn.Module,
-        accuracy: Metric,
-        optimizer: OptimizerFactory | None,
-        scheduler: dict | None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: dict | None = None,
     ):
         super().__init__()
+        # Plain values only (the network's settings are in the run's config), so that every
+        # checkpoint loads with weights-only loading.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
-        self.loss = loss
+        self.loss, accuracy = self.criteria()
         # One metric object per stage: their running states must not mix.
         self.train_acc, self.val_acc, self.test_acc = (accuracy.clone() for _ in range(3))
         self.val_loss, self.test_loss = SampleMean(), SampleMean()
@@ -96,6 +97,10 @@ class SupervisedModule(L.LightningModule):
         self.nonfinite: tuple[torch.Tensor, torch.Tensor] | None = None
         self.logged_epoch: int | None = None  # the epoch whose metrics this fit has logged
         self.resumed_metrics: dict | None = None  # a checkpoint's training metrics so far
+
+    def criteria(self) -> tuple[nn.Module, Metric]:
+        """The task's loss and its accuracy metric (one metric object, cloned for each stage)."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
