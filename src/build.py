@@ -41,7 +41,6 @@ def build(cfg: DictConfig):
     """The datamodule, the module (with its optimizer and schedule) and the Trainer (with its
     callbacks and loggers) that the config describes."""
     from hydra.utils import instantiate
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
     with refused_in_one_line("data", cfg.data):
@@ -67,13 +66,21 @@ def build(cfg: DictConfig):
         if isinstance(err.__cause__, ModuleNotFoundError) and "mlflow" in str(err.__cause__):
             raise ConfigError("logger=mlflow needs MLflow: pip install -e .[mlflow]") from None
         raise
-    # Lightning's own checks: a value it refuses, a GPU this machine lacks, an accelerator's
-    # missing package.
-    refusals = (MisconfigurationException, ImportError)
-    with held_back(), refused_in_one_line("trainer", cfg.trainer, name_the_key=True, also=refusals):
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_torchrun(trainer)
     return datamodule, model, trainer
+
+
+def build_trainer(node: DictConfig, **given):
+    """Lightning's Trainer from the config's `trainer` node and the arguments `given`. The ranges
+    are its own checks: a value it refuses, a GPU this machine lacks, an accelerator's missing
+    package is one line naming the key, without the notes it logs as it starts."""
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    refusals = (MisconfigurationException, ImportError)
+    with held_back(), refused_in_one_line("trainer", node, name_the_key=True, also=refusals):
+        return instantiate(node, **given)
 
 
 def check_torchrun(trainer) -> None:

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from src.command_line import CONF, console_script, run_command_line
-from src.config import refused_in_one_line, register
+from src.config import register
 from src.errors import InputError
 from src.names import RECORD
 from src.records import write_json
@@ -35,21 +35,16 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Test the checkpoint's weights on its run's data; write and return `metrics.json`."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise InputError("ckpt_path is missing: python -m src.eval ckpt_path=<a checkpoint>")
+    from src.build import build_trainer
     from src.checkpoints import load_run
-    from src.console import held_back, quiet_console
+    from src.console import quiet_console
 
     quiet_console()
 
     ckpt = Path(cfg.ckpt_path)
     module, datamodule, _ = load_run(ckpt, allow=cfg.allow, data_dir=cfg.data_dir)
 
-    from hydra.utils import instantiate
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    # Lightning's own checks of the Trainer's values, each said in one line (src/build.py).
-    refusals = (MisconfigurationException, ImportError)
-    with held_back(), refused_in_one_line("trainer", cfg.trainer, name_the_key=True, also=refusals):
-        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer = build_trainer(cfg.trainer, logger=False, enable_checkpointing=False)
     (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     record = {key: float(value) for key, value in results.items()}
     record |= {"ckpt_path": str(ckpt), "status": "completed"}

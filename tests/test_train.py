@@ -298,3 +298,13 @@ def test_ddp_on_three_processes_counts_every_image_once(tiny_mnist, tmp_path):
     assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     for key in ("test/loss", "test/ece"):
         assert evaluated[key] == pytest.approx(metrics[key], rel=1e-5), key
+
+    # A Trainer value Lightning refuses is one line naming the key there too, exit status 2.
+    proc = subprocess.run([*PYTHON, "-m", "src.eval", f"ckpt_path={ckpt}", "trainer.devices=0",
+                           f"hydra.run.dir={tmp_path / 'refused'}"], cwd=REPO,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith(
+        "trainer.devices (lightning.pytorch.Trainer): `Trainer(devices=0)` value is not a valid "
+        "input using cpu accelerator."
+    ), proc.stdout

@@ -55,9 +55,9 @@ class SupervisedModule(L.LightningModule):
     optimizer step per training_step call, automatic optimization.
 
     Subclasses set the task: its `criteria()`, `input_shape` of one example and the
-    `output_shape` the loss needs, and for a classification task its `num_classes`: its first loss (`train/first_loss`, kept
-    for every task to judge divergence by) is then checked against a uniform guess's and its
-    test set calibration measured (`test/ece`).
+    `output_shape` the loss needs, and for a classification task its `num_classes`: its first
+    loss (`train/first_loss`, kept for every task to judge divergence by) is then checked against
+    a uniform guess's and its test set calibration measured (`test/ece`).
     """
 
     input_shape: tuple[int, ...]
