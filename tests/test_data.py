@@ -126,11 +126,19 @@ def test_normalize_uses_training_split_statistics(tiny_mnist):
     torch.testing.assert_close(dm.test_set.tensors[0], (raw.test_set.tensors[0] - mean) / std)
 
 
-def test_fashion_mnist_reads_its_own_folder(tmp_path):
-    make_mnist_files(tmp_path, folder="FashionMNIST", n_train=200, n_test=50)
-    dm = make_dm(tmp_path, dataset="fashion_mnist")
+@pytest.mark.parametrize(("dataset", "folder"), [("fashion_mnist", "FashionMNIST"),
+                                                ("kmnist", "KMNIST")])  # fmt: skip
+def test_each_mnist_format_dataset_reads_its_own_folder(tmp_path, dataset, folder):
+    make_mnist_files(tmp_path, folder=folder, n_train=200, n_test=50)
+    dm = make_dm(tmp_path, dataset=dataset)
     assert (len(dm.train_set), len(dm.test_set)) == (100, 50)
-    assert dm.raw_folder == tmp_path / "FashionMNIST" / "raw"
+    assert dm.raw_folder == tmp_path / folder / "raw"
+
+
+def test_the_datasets_are_torchvisions_in_mnists_files():
+    """Named from torchvision's classes; QMNIST (other files) and EMNIST (a split) are not."""
+    assert {"mnist", "fashion_mnist", "kmnist"} <= set(DATASETS)
+    assert not {"qmnist", "emnist"} & set(DATASETS)
 
 
 def test_missing_files_name_the_folder(tmp_path):

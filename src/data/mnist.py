@@ -1,6 +1,8 @@
 """MNIST-format image datasets through torchvision, decoded once into tensors held in memory."""
 
+import inspect
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -14,7 +16,24 @@ from src.checks import at_least, one_of
 from src.data.tensors import EpochShuffle, TensorBatches, eval_sampler
 from src.errors import ConfigError, InputError
 
-DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
+
+def mnist_format() -> dict[str, type]:
+    """torchvision's datasets kept in MNIST's four IDX files, by the name `data.dataset` gives
+    each (MNIST: mnist, FashionMNIST: fashion_mnist, KMNIST: kmnist), read from torchvision: one
+    it adds is an option here with no code."""
+    found = {}
+    for name in sorted(dir(datasets)):
+        cls = getattr(datasets, name)
+        if not (isinstance(cls, type) and issubclass(cls, datasets.MNIST)):
+            continue
+        required = [p for p in inspect.signature(cls).parameters.values()
+                    if p.default is p.empty and p.name != "root"]  # fmt: skip
+        if isinstance(cls.resources, list) and not required:  # not QMNIST's files, EMNIST's split
+            found[re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()] = cls
+    return found
+
+
+DATASETS = mnist_format()
 
 
 class DatasetUnavailable(InputError, RuntimeError):
