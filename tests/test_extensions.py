@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import PYTHON, REPO, read_metrics
+from tests.conftest import PYTHON, REPO, make_mnist_files, read_metrics
 
 # Two interleaved half circles, as scikit-learn's make_moons draws them: 2 features, a 0/1 target
 # of shape (B, 1), as the gates' data gives them.
@@ -190,3 +190,16 @@ def test_help_lists_the_options_of_ones_own_config_folder(moons, wide_gate):
 def options(group: str) -> list[str]:
     """The options conf/ holds for a group: one per YAML file."""
     return sorted(path.stem for path in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def test_another_of_torchvisions_mnist_format_datasets_is_one_yaml(tmp_path):
+    """conf/data/kmnist.yaml names torchvision's KMNIST and nothing else: it trains from its own
+    folder (fake files here: no network), and a run says which data it read."""
+    make_mnist_files(tmp_path, folder="KMNIST")
+    proc = run_module("src.train", "+experiment=mnist_sgd", "data=kmnist",
+                      f"data.data_dir={tmp_path}", "data.val_size=100", "trainer.max_epochs=1",
+                      "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "completed" and metrics["steps"] == 500 // 64 + 1
+    assert not (tmp_path / "MNIST").exists()
