@@ -60,7 +60,7 @@ def set_filters() -> None:
     )
     # A run resumed in its own directory (a sweep's unfinished job, hydra.run.dir= of a stopped
     # run) finds its checkpoints there, as it should; another run's directory is refused before
-    # anything is written (src/resume.py).
+    # anything is written (src/run_dirs.py).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Optuna imports alembic (for a study kept in a database), which names each plugin it sets
     # up; a sweep here keeps its study in memory.

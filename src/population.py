@@ -303,7 +303,7 @@ def prepare(member: Member, held: contextlib.ExitStack, cfg: DictConfig) -> floa
     replaced by the member's objective once the population has trained."""
     from src.build import load_training_stack
     from src.console import quiet_console
-    from src.resume import sole_writer
+    from src.run_dirs import sole_writer
     from src.run_record import failed
 
     member.overrides = list(HydraConfig.get().overrides.task)

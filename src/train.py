@@ -26,7 +26,7 @@ from src.console import quiet_console
 from src.errors import InputError
 from src.names import LAST_CKPT, LR_FIND_PLOT
 from src.ranks import in_sweep_job, sweep_job
-from src.resume import sole_writer
+from src.run_dirs import sole_writer
 from src.run_record import (
     Outcome,
     failed,
