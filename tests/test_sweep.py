@@ -290,9 +290,15 @@ def test_a_sweep_sent_sigterm_stops_and_the_same_command_continues_it(launcher, 
     stopped = [tmp_path / "sweep" / row["job"] for row in rows if row["status"] == "interrupted"]
     for job in stopped:
         record = read_metrics(job)
-        # A worker still setting its job up when the signal came stops it before training.
-        assert record["error"] == "stopped by SIGTERM before training" or (
-            record["error"].startswith("stopped by SIGTERM at step") and 0 < record["steps"] < 200
+        # A worker still setting its job up when the signal came stops it before training; one
+        # that had trained its 200 steps (the other worker, on a busy machine), before testing.
+        assert (
+            record["error"] == "stopped by SIGTERM before training"
+            or (
+                record["error"].startswith("stopped by SIGTERM at step")
+                and 0 < record["steps"] < 200
+            )
+            or (record["error"] == "stopped by SIGTERM before testing" and record["steps"] == 200)
         ), record["error"]
         assert (job / "checkpoints" / "last.ckpt").is_file() == (record["steps"] > 0)
     saved = [job for job in stopped if (job / "checkpoints" / "last.ckpt").is_file()]
