@@ -155,10 +155,16 @@ class TrainerChecks:
             value = getattr(self, key)
             require(value != 0, f"trainer.{key}", value, "must be -1 (no limit) or at least 1")
         # Lightning counts these with `%`: 0 is a ZeroDivisionError deep in its loop.
-        for key in ("accumulate_grad_batches", "check_val_every_n_epoch", "val_check_interval"):
+        for key in ("accumulate_grad_batches", "check_val_every_n_epoch"):
             value = getattr(self, key)
-            require(value != 0 or isinstance(value, float), f"trainer.{key}", value,
-                    "must be at least 1")  # fmt: skip
+            require(value != 0, f"trainer.{key}", value, "must be at least 1")
+        interval = self.val_check_interval  # 0.0, a fraction of the epoch, Lightning takes
+        require(
+            interval != 0 or isinstance(interval, float),
+            "trainer.val_check_interval",
+            interval,
+            "must be a number of batches (1 or more) or a fraction of the epoch",
+        )
         # A negative norm flips every gradient: the run would climb its loss.
         clip = self.gradient_clip_val
         require(clip is None or clip >= 0, "trainer.gradient_clip_val", clip, "must be >= 0")
