@@ -2,19 +2,21 @@
 a training loop are fitted together, in one Lightning fit of a module that holds them all, and
 each leaves the folder it would leave alone.
 
-Who trains together: jobs whose configs are equal but for the optimizer's values (learning rate,
-momentum, weight decay, betas, ...), the seed (each member's initialization and its own order of
-the training batches) and the run's name: the same network, data, batch size, schedule, trainer
-and callbacks. A job trains alone, as under the basic launcher, when no other job shares its
-loop, or when it asks for what a population cannot give it (see `alone_because`). With
-`hydra.launcher.n_jobs` above 1, the populations and the jobs alone are shared out among that
-many worker processes (`share_out`).
+Who trains together: jobs whose configs are equal but for the optimizer (its class and values:
+SGD or Adam, learning rate, momentum, betas, ...), the values of the schedule (a decay's gamma,
+OneCycle's max_lr, ...), the seed (each member's initialization and its own order of the
+training batches) and the run's name: the same network, data, batch size, schedule class,
+trainer and callbacks. A job trains
+alone, as under the basic launcher, when no other job shares its loop, or when it asks for what a
+population cannot give it (see `alone_because`). With `hydra.launcher.n_jobs` above 1, the
+populations and the jobs alone are shared out among that many worker processes (`share_out`).
 
-Each member's update is the one it would get alone: the population's optimizer is the members'
-own PyTorch optimizer class with one parameter group per member (each group the member's own
-optimizer's, the same dict), its loss the sum of the members' losses (the gradient of a sum is
-each member's own gradient), its schedule one PyTorch schedule over all groups, which sets each
-group's rate as it would alone. Each member's code runs with its own random-number state.
+Each member's update is the one it would get alone: each member has its own PyTorch optimizer
+and schedule, built as its run alone builds them; the population's loss is the sum of the
+members' losses (the gradient of a sum is each member's own), and Lightning's optimizer step is
+each member's own optimizer's step, its schedule step each member's schedule's
+(src/population_module.py, MemberSteps). Each member's code runs with its own random-number
+state.
 
 Each member sees the run it would see alone: its callbacks (checkpoints, pictures, epoch table,
 learning-rate monitor, ...) and loggers get a view of the trainer (`MemberTrainer`) that shows
@@ -53,11 +55,6 @@ CALLBACKS = (
     "lightning.pytorch.callbacks.ModelSummary", "lightning.pytorch.callbacks.LearningRateMonitor",
 )  # fmt: skip
 LOGGERS = ("src.loggers.TensorBoardLogger", "src.loggers.CSVLogger")
-# PyTorch's schedules whose state holds per parameter group only its base and last rates (a
-# member's share of them is its own group's entry; the rest is every member's).
-SCHEDULES = tuple(f"torch.optim.lr_scheduler.{name}" for name in (
-    "CosineAnnealingLR", "OneCycleLR", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR",
-    "ConstantLR"))  # fmt: skip
 # The datamodules whose seed (`data.seed`, the run's by default) chooses the order of the
 # training batches and nothing else: their validation and test sets are every member's, whatever
 # its seed (MNIST's split follows data.split_seed; the gates' table is fixed).
@@ -83,10 +80,10 @@ def alone_because(cfg: DictConfig, run_dir: Path) -> str | None:
     trainer = cfg.trainer
     if trainer.get("devices", 1) not in (1, "1") or trainer.get("num_nodes", 1) != 1:
         return "it trains on several devices (DDP)"
-    if trainer.get("gradient_clip_val") is not None:
-        return "gradient clipping takes the norm over the whole population's gradients"
-    if trainer.get("accumulate_grad_batches", 1) != 1:
-        return "gradient accumulation is left to runs alone"
+    if str(trainer.get("precision")) in ("16", "16-mixed"):
+        return "float16 mixed precision scales the whole population's loss by one factor"
+    if "LBFGS" in str(cfg.optimizer.get("_target_")):
+        return "LBFGS evaluates its own run's loss again within its step"
     if cfg.model.get("_target_") not in MODULES:
         return f"its module {cfg.model.get('_target_')} is not one a population can hold"
     for key, node in (cfg.get("callbacks") or {}).items():
@@ -96,20 +93,16 @@ def alone_because(cfg: DictConfig, run_dir: Path) -> str | None:
         if node is not None and node.get("_target_") not in LOGGERS:
             return f"its logger {key} ({node.get('_target_')}) is not one a member can have"
     schedule = (cfg.get("scheduler") or {}).get("schedule") or {}
-    target = schedule.get("_target_")
-    if "ReduceLROnPlateau" in str(target):
+    if "ReduceLROnPlateau" in str(schedule.get("_target_")):
         return "ReduceLROnPlateau follows its own run's metric"
-    if target is not None and target not in SCHEDULES:
-        return f"its schedule {target} keeps a state a population cannot yet cut per member"
     return None
 
 
 def loop_key(cfg: DictConfig) -> str:
-    """What members of one population share: the whole config, less the optimizer's values (its
-    class stays), the run's name and, for data whose seed only orders the training batches, the
-    seed (each member's initialization and order are its own). A value that follows one of the
-    optimizer's (OneCycleLR's max_lr: ${optimizer.lr}) is compared as it resolves, so it parts
-    jobs that differ in it."""
+    """What members of one population share: the whole config, less the optimizer (each member
+    steps its own), the values of the schedule (its class stays, and its interval), the run's name
+    and, for data whose seed only orders the training batches, the seed (each member's
+    initialization and order are its own)."""
     plain = settled(cfg)
     plain.pop("hydra", None)
     plain.pop("name", None)
@@ -117,9 +110,14 @@ def loop_key(cfg: DictConfig) -> str:
     if data.get("_target_") in SEED_ORDERS_ONLY:  # each member draws its own batches
         plain.pop("seed", None)
         data.pop("seed", None)
-    optimizer = plain.get("optimizer") or {}
-    plain["optimizer"] = {k: v for k, v in optimizer.items() if k in ("_target_", "_partial_")}
+    plain.pop("optimizer", None)
+    if plain.get("scheduler"):  # each member steps its own schedule over its own optimizer
+        plain["scheduler"]["schedule"] = class_only(plain["scheduler"].get("schedule"))
     return json.dumps(plain, sort_keys=True, default=str)
+
+
+def class_only(node: dict | None) -> dict:
+    return {k: v for k, v in (node or {}).items() if k in ("_target_", "_partial_")}
 
 
 def settled(node):
@@ -236,7 +234,8 @@ class Member:
     datamodule: object = None
     callbacks: list = dataclasses.field(default_factory=list)
     loggers: list = dataclasses.field(default_factory=list)
-    optimizer: object = None  # its own optimizer: its parameter group is the population's
+    optimizer: object = None  # its own optimizer and schedule (stepped with the others')
+    schedule: object = None
     loader: int = 0  # which of the population's training loaders is its own (PopulationData)
     outputs: dict | None = None  # its last training step's, as Lightning hands them on
     random_state: object = None

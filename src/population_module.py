@@ -21,7 +21,6 @@ from src.names import LAST_CKPT
 from src.population import MEMBER, SEPARATOR, Member
 
 LOOPS = ("fit_loop", "validate_loop", "test_loop", "predict_loop")
-PER_GROUP = ("base_lrs", "_last_lr")  # keys of a PyTorch schedule's state_dict, one per group
 
 
 class PopulationModule(L.LightningModule):
@@ -74,8 +73,10 @@ class PopulationModule(L.LightningModule):
         """Every active member's own step on its own batch (`PopulationData`)."""
         losses = []
         for m, loss in self.each("training_step", mine=lambda m: (batches[m.loader], batch_idx)):
-            # What Lightning hands the member's on_train_batch_end as `outputs`, alone.
-            m.outputs = {"loss": loss.detach().clone()} if loss is not None else {}
+            # What Lightning hands the member's on_train_batch_end as `outputs`, alone: its loss
+            # over the number of batches accumulated (ClosureResult's).
+            accumulated = self.trainer.accumulate_grad_batches
+            m.outputs = {"loss": (loss / accumulated).detach().clone()} if loss is not None else {}
             if loss is not None:
                 losses.append(loss)
         if not any(m.active for m in self.population):
@@ -94,17 +95,29 @@ class PopulationModule(L.LightningModule):
         self.each("test_step", batch, batch_idx)
 
     def configure_optimizers(self):
-        """The members' own optimizers' parameter groups (the same dicts) in one optimizer of
-        their class, and the schedule over it that each member's config gives."""
-        groups = []
+        """Each member's own optimizer and schedule, built as its run alone builds them, stepped
+        together (`MemberSteps`, `MemberSchedules`) at the interval their configs share."""
         for m in self.population:
             m.optimizer = m.module.optimizer_factory(m.module.parameters())
-            groups.extend(m.optimizer.param_groups)
-        optimizer = type(self.population[0].optimizer)(groups)
-        first = self.population[0].module
-        if first.scheduler is None:
+        optimizer = MemberSteps(self.population)
+        if self.population[0].module.scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": first.lr_scheduler(optimizer)}
+        configs = [m.module.lr_scheduler(m.optimizer) for m in self.population]
+        for m, config in zip(self.population, configs, strict=True):
+            m.schedule = config["scheduler"]
+        schedules = MemberSchedules(optimizer, self.population)
+        return {"optimizer": optimizer, "lr_scheduler": {**configs[0], "scheduler": schedules}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step()  # MemberSchedules: each member's own (a metric's schedule trains alone)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:  # fmt: skip
+        """Each member's gradients clipped by its own module's hook, over its own optimizer's
+        parameters, as its run alone clips them (not by the norm of the whole population's)."""
+        if gradient_clip_val:  # Lightning's reading: None or 0 clips nothing
+            values = (gradient_clip_val, gradient_clip_algorithm)
+            self.each("configure_gradient_clipping", mine=lambda m: (m.optimizer, *values))
 
     def load_last_checkpoints(self) -> None:
         """Each active member's weights from its last checkpoint (the same weights when the fit
@@ -114,6 +127,47 @@ class PopulationModule(L.LightningModule):
             if m.active and last.is_file():
                 state = self.trainer.strategy.checkpoint_io.load_checkpoint(last)
                 m.module.load_state_dict(state["state_dict"])
+
+
+class MemberSteps(torch.optim.Optimizer):
+    """The optimizer Lightning steps: its parameter groups are the members' own optimizers'
+    (the same dicts), and its step is the step of each active member's own optimizer after the
+    population's loss has been differentiated (the gradient of a sum of the members' losses is
+    each member's own). Each member's update, and its optimizer's state, are its run alone's."""
+
+    def __init__(self, members: list[Member]):
+        self.members = members
+        super().__init__([g for m in members for g in m.optimizer.param_groups], {})
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for m in self.members:
+            if m.active:  # one that stopped in this step takes no update, as its run alone
+                m.optimizer.step()
+        return loss
+
+
+class MemberSchedules:
+    """The schedule Lightning steps: each active member's own schedule over its own optimizer."""
+
+    def __init__(self, optimizer: MemberSteps, members: list[Member]):
+        self.optimizer = optimizer  # Lightning's check: a schedule of the optimizer it steps
+        self.members = members
+
+    def step(self) -> None:
+        for m in self.members:
+            if m.active:
+                m.schedule.step()
+
+    def state_dict(self) -> list[dict]:
+        return [m.schedule.state_dict() for m in self.members]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for m, state in zip(self.members, states, strict=True):
+            m.schedule.load_state_dict(state)
 
 
 def stop(member: Member, err: Exception) -> None:
@@ -195,21 +249,13 @@ class MemberTrainer:
 
     @property
     def lr_scheduler_configs(self) -> list:
-        return [dataclasses.replace(c, scheduler=ScheduleView(self.member.optimizer))
+        return [dataclasses.replace(c, scheduler=self.member.schedule)
                 for c in self.population_trainer.lr_scheduler_configs]  # fmt: skip
 
     def save_checkpoint(self, filepath, weights_only: bool = False, storage_options=None) -> None:
         """Write the checkpoint the member's run alone would write at this moment."""
         checkpoint = member_checkpoint(self, weights_only)
         self.population_trainer.strategy.save_checkpoint(checkpoint, filepath, storage_options)
-
-
-@dataclasses.dataclass
-class ScheduleView:
-    """What Lightning's LearningRateMonitor reads of a schedule: the optimizer whose rates it
-    sets, here the member's own (its group is the one the population's schedule sets)."""
-
-    optimizer: torch.optim.Optimizer
 
 
 def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
@@ -232,9 +278,8 @@ def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
     if not weights_only:
         states = {c.state_key: c.state_dict() for c in member.callbacks}
         checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
-        checkpoint["optimizer_states"] = [optimizer_state(trainer.optimizers[0], member)]
-        checkpoint["lr_schedulers"] = [schedule_state(c.scheduler.state_dict(), member)
-                                       for c in trainer.lr_scheduler_configs]  # fmt: skip
+        checkpoint["optimizer_states"] = [o.state_dict() for o in view.optimizers]
+        checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in view.lr_scheduler_configs]
         precision = trainer.precision_plugin.state_dict()
         if precision:
             checkpoint[type(trainer.precision_plugin).__qualname__] = precision
@@ -249,25 +294,6 @@ def member_checkpoint(view: MemberTrainer, weights_only: bool) -> dict:
             callback.on_save_checkpoint(view, module, checkpoint)
     module.on_save_checkpoint(checkpoint)
     return checkpoint
-
-
-def optimizer_state(optimizer: torch.optim.Optimizer, member: Member) -> dict:
-    """The member's own optimizer's state_dict, cut from the population's: its group, its
-    parameters' states, numbered from 0 as its own optimizer numbers them."""
-    params = [p for group in member.optimizer.param_groups for p in group["params"]]
-    number = {id(p): i for i, p in enumerate(params)}
-    groups = [{**{k: v for k, v in g.items() if k != "params"},
-               "params": [number[id(p)] for p in g["params"]]}
-              for g in member.optimizer.param_groups]  # fmt: skip
-    state = {number[id(p)]: optimizer.state[p] for p in params if p in optimizer.state}
-    return {"state": state, "param_groups": groups}
-
-
-def schedule_state(state: dict, member: Member) -> dict:
-    """A schedule's state_dict for the member's group alone: its base and last rates cut to its
-    own entry (the schedules a population takes keep nothing else per group, SCHEDULES)."""
-    index = member.index  # one parameter group per member, in member order
-    return {k: [v[index]] if k in PER_GROUP else v for k, v in state.items()}
 
 
 # --- the data -----------------------------------------------------------------------------------
@@ -335,7 +361,7 @@ class ForMembers(L.Callback):
     def __getattribute__(self, name: str):
         hooks = object.__getattribute__(self, "hooks") if name != "hooks" else None
         if hooks is not None and name in hooks:
-            return functools.partial(call_for_members, hooks[name], OWN_BATCH.get(name))
+            return functools.partial(call_for_members, hooks[name], OWN_ARGS.get(name))
         return object.__getattribute__(self, name)
 
 
@@ -353,19 +379,21 @@ HOOKS.remove("on_save_checkpoint")  # a member's checkpoints are its view's (mem
 HOOKS.remove("on_load_checkpoint")
 
 
-# The training-batch hooks, whose batch (and outputs) are each member's own: hook name -> the
-# member's arguments made from the population's.
-OWN_BATCH = {
+# The hooks whose arguments are each member's own (its batch and outputs, its optimizer): hook
+# name -> the member's arguments made from the population's.
+OWN_ARGS = {
     "on_train_batch_start": lambda m, batch, batch_idx: (batch[m.loader], batch_idx),
     "on_train_batch_end": lambda m, outputs, batch, batch_idx: (m.outputs, batch[m.loader],
                                                                  batch_idx),
+    "on_before_optimizer_step": lambda m, optimizer: (m.optimizer,),
+    "on_before_zero_grad": lambda m, optimizer: (m.optimizer,),
 }  # fmt: skip
 
 
-def call_for_members(hooks: list, own_batch, trainer, pl_module=None, *args, **kwargs) -> None:
+def call_for_members(hooks: list, own_args, trainer, pl_module=None, *args, **kwargs) -> None:
     for member, bound in hooks:
         if member.active:  # a member's run alone ended where it raised
-            mine = own_batch(member, *args) if own_batch else args
+            mine = own_args(member, *args) if own_args else args
             with member.running():
                 try:
                     for hook in bound:

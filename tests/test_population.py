@@ -34,14 +34,11 @@ def compose_train(*overrides: str):
     [
         (["lr_find=true"], "lr_find=true tries learning rates on its own network"),
         (["trainer.devices=2"], "it trains on several devices (DDP)"),
-        (["trainer.gradient_clip_val=1"], "gradient clipping takes the norm over the whole"),
         (["+callbacks.mine._target_=tests.user_code.Anything"], "its callback mine"),
         (["logger=mlflow"], "its logger mlflow"),
         (["scheduler=plateau"], "ReduceLROnPlateau follows its own run's metric"),
-        (
-            ["scheduler=step", "scheduler.schedule._target_=torch.optim.lr_scheduler.CyclicLR"],
-            "its schedule torch.optim.lr_scheduler.CyclicLR keeps a state",
-        ),
+        (["trainer.precision=16-mixed"], "float16 mixed precision scales the whole population's"),
+        (["optimizer._target_=torch.optim.LBFGS"], "LBFGS evaluates its own run's loss again"),
         (["ckpt_path=/some/last.ckpt"], "it continues from its own checkpoint"),
     ],
 )
@@ -50,22 +47,29 @@ def test_a_job_a_population_cannot_hold_trains_alone(overrides, reason, tmp_path
     assert alone_because(compose_train(), tmp_path) is None
 
 
-def test_members_share_all_but_the_optimizers_values_and_the_name():
+def test_members_share_all_but_the_optimizer_the_schedules_values_and_the_name():
     key = loop_key(compose_train())
     for same in (["optimizer.lr=0.5"], ["optimizer.momentum=0.9", "optimizer.weight_decay=0.1"],
-                 ["name=other"]):  # fmt: skip
+                 ["optimizer=adam"], ["name=other"]):  # fmt: skip
         assert loop_key(compose_train(*same)) == key, same
     # Each member has its own initialization and draws its own batches: seeds may differ.
     assert loop_key(compose_train("seed=1", "data.seed=7")) == key
-    for other in (["optimizer=adam"], ["data.batch_size=32"], ["data.split_seed=1"],
+    for other in (["data.batch_size=32"], ["data.split_seed=1"],
                   ["model.net=mlp"],
                   ["trainer.max_epochs=3"], ["scheduler=cosine"]):  # fmt: skip
         assert loop_key(compose_train(*other)) != key, other
-    # A schedule's value that follows the learning rate parts the jobs (OneCycleLR's max_lr).
-    cosine = loop_key(compose_train("scheduler=cosine"))
-    assert loop_key(compose_train("scheduler=cosine", "optimizer.lr=0.5")) == cosine
-    onecycle = loop_key(compose_train("scheduler=onecycle"))
-    assert loop_key(compose_train("scheduler=onecycle", "optimizer.lr=0.5")) != onecycle
+    # Each member steps its own schedule: its values may differ, its class and interval not.
+    step = loop_key(compose_train("scheduler=step"))
+    for same in (["scheduler.schedule.gamma=0.9", "scheduler.schedule.step_size=1"],
+                 ["optimizer.lr=0.5"]):  # fmt: skip
+        assert loop_key(compose_train("scheduler=step", *same)) == step, same
+    for other in (["scheduler.interval=step"], ["scheduler=cosine"],
+                  ["scheduler.schedule._target_=torch.optim.lr_scheduler.LinearLR"]):  # fmt: skip
+        assert loop_key(compose_train("scheduler=step", *other)) != step, other
+    # Any of PyTorch's schedules but one that follows a metric (ReduceLROnPlateau, above).
+    cyclic = compose_train("scheduler=step", "scheduler.schedule._target_=" +
+                           "torch.optim.lr_scheduler.CyclicLR")  # fmt: skip
+    assert alone_because(cyclic, Path("/nonexistent")) is None
 
 
 def sweep(tiny_mnist, sweep_dir, launcher: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -100,10 +104,11 @@ def scalars(run_dir):
 @pytest.mark.slow
 def test_each_member_leaves_the_folder_its_job_alone_leaves(tiny_mnist, tmp_path):
     together, alone = tmp_path / "population", tmp_path / "basic"
-    # A schedule over the run: each member's rates and its schedule's state are its own.
-    proc = sweep(tiny_mnist, together, "population", RATES, "scheduler=cosine")
+    # A schedule over the run whose values differ from member to member (OneCycle's max_lr is the
+    # member's optimizer.lr): each member's rates and its schedule's state are its own.
+    proc = sweep(tiny_mnist, together, "population", RATES, "scheduler=onecycle")
     output = proc.stdout + proc.stderr
-    sweep(tiny_mnist, alone, "basic", RATES, "scheduler=cosine")
+    sweep(tiny_mnist, alone, "basic", RATES, "scheduler=onecycle")
     names = sorted(p.parent.name for p in alone.glob("*/metrics.json"))
     assert names == sorted(p.parent.name for p in together.glob("*/metrics.json"))
     assert ("population of 3 trains together: optimizer.lr=1000000.0, optimizer.lr=0.1, "
@@ -157,7 +162,7 @@ def test_each_member_leaves_the_folder_its_job_alone_leaves(tiny_mnist, tmp_path
 
     # The same sweep run again leaves its finished jobs as they are.
     before = {p.parent.name: p.read_text() for p in together.glob("*/metrics.json")}
-    again = sweep(tiny_mnist, together, "population", RATES, "scheduler=cosine")
+    again = sweep(tiny_mnist, together, "population", RATES, "scheduler=onecycle")
     assert (again.stdout + again.stderr).count("trains alone: it finished earlier") == 3
     assert {p.parent.name: p.read_text() for p in together.glob("*/metrics.json")} == before
 
@@ -170,6 +175,48 @@ def test_jobs_that_share_no_loop_train_alone_saying_why(tiny_mnist, tmp_path):
         assert f"{name} trains alone: no other job shares its training loop" in output
         assert read_metrics(tmp_path / name)["status"] == "completed"
         assert "population" not in read_metrics(tmp_path / name)
+
+
+@pytest.mark.slow
+def test_members_step_their_own_optimizers_and_schedules_and_clip_their_own_gradients(tmp_path):
+    """SGD and Adam members whose schedules' values differ, with two batches accumulated per step
+    and gradient clipping small enough to bind (without it the test losses differ): one
+    population, each member's record, curves, weights, optimizer and schedule states its job's
+    alone, to the bit (a norm over the whole population's gradients, or one schedule for all,
+    would part them)."""
+    grid = ("+experiment=nand", "data.steps_per_epoch=50", "trainer.max_steps=100",
+            "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.05",
+            "optimizer=sgd,adam", "optimizer.lr=2.0", "scheduler=step",
+            "scheduler.schedule.step_size=1", "scheduler.schedule.gamma=0.5,0.9")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for launcher in ("population", "basic"):
+        cmd = [*PYTHON, "-m", "src.train", "-m", *grid, f"hydra/launcher={launcher}",
+               f"hydra.sweep.dir={tmp_path / launcher}"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = sorted(p.parent.name for p in (tmp_path / "basic").glob("*/metrics.json"))
+    assert len(names) == 4
+    losses = set()
+    for name in names:
+        mine, theirs = (read_metrics(tmp_path / launcher / name)
+                        for launcher in ("population", "basic"))  # fmt: skip
+        assert sorted(mine.pop("population")) == names
+        assert_same_record(mine, theirs, name)
+        assert scalars(tmp_path / "population" / name) == scalars(tmp_path / "basic" / name)
+        losses.add(theirs["test/loss"])
+        ckpts = [torch.load(tmp_path / launcher / name / "checkpoints/last.ckpt",
+                            weights_only=True) for launcher in ("population", "basic")]  # fmt: skip
+        for key, weight in ckpts[1]["state_dict"].items():
+            assert torch.equal(ckpts[0]["state_dict"][key], weight), (name, key)
+        mine_opt, their_opt = (c["optimizer_states"][0] for c in ckpts)
+        assert mine_opt["param_groups"] == their_opt["param_groups"], name
+        assert mine_opt["state"].keys() == their_opt["state"].keys(), name
+        for index, state in their_opt["state"].items():
+            for key, value in state.items():
+                assert torch.equal(mine_opt["state"][index][key], value), (name, index, key)
+        assert ckpts[0]["lr_schedulers"] == ckpts[1]["lr_schedulers"], name
+        assert f"gamma={ckpts[0]['lr_schedulers'][0]['gamma']}" in name
+    assert len(losses) == 4
 
 
 STOPPED_GRID = ("+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=100",
