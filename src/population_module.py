@@ -49,17 +49,7 @@ class PopulationModule(L.LightningModule):
         self.log(f"{member.index}{SEPARATOR}{name}", value, *args, **kwargs)
 
     def each(self, hook: str, *args, mine=None) -> list[tuple[Member, Any]]:
-        """Call `hook` of every active member, in its own context, with `args` (or those `mine`
-        makes for the member); a member whose code raises (it diverged, say) stops. Each member
-        that returned, with what it returned."""
-        results = []
-        for m in [m for m in self.population if m.active]:
-            with m.running():
-                try:
-                    results.append((m, getattr(m.module, hook)(*(mine(m) if mine else args))))
-                except Exception as err:
-                    stop(m, err)
-        return results
+        return call_each(self.population, "module", hook, *args, mine=mine)
 
     # --- Lightning's hooks, passed to each member -------------------------------------------
 
@@ -144,9 +134,7 @@ class MemberSteps(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for m in self.members:
-            if m.active:  # one that stopped in this step takes no update, as its run alone
-                m.optimizer.step()
+        call_each(self.members, "optimizer", "step")  # not one that stopped in this step
         return loss
 
 
@@ -158,9 +146,7 @@ class MemberSchedules:
         self.members = members
 
     def step(self) -> None:
-        for m in self.members:
-            if m.active:
-                m.schedule.step()
+        call_each(self.members, "schedule", "step")
 
     def state_dict(self) -> list[dict]:
         return [m.schedule.state_dict() for m in self.members]
@@ -168,6 +154,20 @@ class MemberSchedules:
     def load_state_dict(self, states: list[dict]) -> None:
         for m, state in zip(self.members, states, strict=True):
             m.schedule.load_state_dict(state)
+
+
+def call_each(members: list[Member], part: str, hook: str, *args, mine=None) -> list:
+    """Call `hook` of the `part` (its module, optimizer or schedule) of every active member, in
+    the member's own context, with `args` (or those `mine` makes for the member); a member whose
+    code raises (it diverged, say) stops. Each member that returned, with what it returned."""
+    results = []
+    for m in [m for m in members if m.active]:
+        with m.running():
+            try:
+                results.append((m, getattr(getattr(m, part), hook)(*(mine(m) if mine else args))))
+            except Exception as err:
+                stop(m, err)
+    return results
 
 
 def stop(member: Member, err: Exception) -> None:
