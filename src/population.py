@@ -4,12 +4,12 @@ each leaves the folder it would leave alone.
 
 Who trains together: jobs whose configs are equal but for the optimizer (its class and values:
 SGD or Adam, learning rate, momentum, betas, ...), the values of the schedule (a decay's gamma,
-OneCycle's max_lr, ...), the seed (each member's initialization and its own order of the
-training batches) and the run's name: the same network, data, batch size, schedule class,
-trainer and callbacks. A job trains
-alone, as under the basic launcher, when no other job shares its loop, or when it asks for what a
-population cannot give it (see `alone_because`). With `hydra.launcher.n_jobs` above 1, the
-populations and the jobs alone are shared out among that many worker processes (`share_out`).
+OneCycle's max_lr, ...), the gradient clipping, the seed (each member's initialization and its
+own order of the training batches) and the run's name: the same network, data, batch size,
+schedule class, trainer and callbacks. A job trains alone, as under the basic launcher, when no
+other job shares its loop, or when it asks for what a population cannot give it (see
+`alone_because`). With `hydra.launcher.n_jobs` above 1, the populations and the jobs alone are
+shared out among that many worker processes (`share_out`).
 
 Each member's update is the one it would get alone: each member has its own PyTorch optimizer
 and schedule, built as its run alone builds them; the population's loss is the sum of the
@@ -100,9 +100,9 @@ def alone_because(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def loop_key(cfg: DictConfig) -> str:
     """What members of one population share: the whole config, less the optimizer (each member
-    steps its own), the values of the schedule (its class stays, and its interval), the run's name
-    and, for data whose seed only orders the training batches, the seed (each member's
-    initialization and order are its own)."""
+    steps its own), the values of the schedule (its class stays, and its interval), the gradient
+    clipping, the run's name and, for data whose seed only orders the training batches, the seed
+    (each member's initialization and order are its own)."""
     plain = settled(cfg)
     plain.pop("hydra", None)
     plain.pop("name", None)
@@ -111,6 +111,8 @@ def loop_key(cfg: DictConfig) -> str:
         plain.pop("seed", None)
         data.pop("seed", None)
     plain.pop("optimizer", None)
+    for key in ("gradient_clip_val", "gradient_clip_algorithm"):  # each member clips its own
+        (plain.get("trainer") or {}).pop(key, None)
     if plain.get("scheduler"):  # each member steps its own schedule over its own optimizer
         plain["scheduler"]["schedule"] = class_only(plain["scheduler"].get("schedule"))
     return json.dumps(plain, sort_keys=True, default=str)
@@ -236,6 +238,7 @@ class Member:
     loggers: list = dataclasses.field(default_factory=list)
     optimizer: object = None  # its own optimizer and schedule (stepped with the others')
     schedule: object = None
+    clipping: tuple = (None, None)  # its run's gradient_clip_val and _algorithm, as Lightning's
     loader: int = 0  # which of the population's training loaders is its own (PopulationData)
     outputs: dict | None = None  # its last training step's, as Lightning hands them on
     random_state: object = None
@@ -338,6 +341,7 @@ def build_member(member: Member, cfg: DictConfig) -> None:
     member.random_state = torch.get_rng_state(), None  # a GPU's from its first step on
     member.callbacks = list(trainer.callbacks)
     member.loggers = list(trainer.loggers)
+    member.clipping = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
 
 
 @contextlib.contextmanager

@@ -103,11 +103,12 @@ class PopulationModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:  # fmt: skip
-        """Each member's gradients clipped by its own module's hook, over its own optimizer's
-        parameters, as its run alone clips them (not by the norm of the whole population's)."""
-        if gradient_clip_val:  # Lightning's reading: None or 0 clips nothing
-            values = (gradient_clip_val, gradient_clip_algorithm)
-            self.each("configure_gradient_clipping", mine=lambda m: (m.optimizer, *values))
+        """Each member's gradients clipped by its own module's hook with its own run's values
+        (which may differ from member to member), over its own optimizer's parameters, as its run
+        alone clips them (not by the norm of the whole population's)."""
+        clipping = [m for m in self.population if m.clipping[0]]  # None or 0: no clipping
+        call_each(clipping, "module", "configure_gradient_clipping",
+                  mine=lambda m: (m.optimizer, *m.clipping))  # fmt: skip
 
     def load_last_checkpoints(self) -> None:
         """Each active member's weights from its last checkpoint (the same weights when the fit
@@ -220,6 +221,8 @@ class MemberTrainer:
             setattr(self.population_trainer, name, value)
 
     lightning_module = property(lambda self: self.member.module)
+    gradient_clip_val = property(lambda self: self.member.clipping[0])
+    gradient_clip_algorithm = property(lambda self: self.member.clipping[1])
     model = lightning_module
     callbacks = property(lambda self: self.member.callbacks)
     loggers = property(lambda self: self.member.loggers)

@@ -50,7 +50,7 @@ def test_a_job_a_population_cannot_hold_trains_alone(overrides, reason, tmp_path
 def test_members_share_all_but_the_optimizer_the_schedules_values_and_the_name():
     key = loop_key(compose_train())
     for same in (["optimizer.lr=0.5"], ["optimizer.momentum=0.9", "optimizer.weight_decay=0.1"],
-                 ["optimizer=adam"], ["name=other"]):  # fmt: skip
+                 ["optimizer=adam"], ["trainer.gradient_clip_val=1"], ["name=other"]):  # fmt: skip
         assert loop_key(compose_train(*same)) == key, same
     # Each member has its own initialization and draws its own batches: seeds may differ.
     assert loop_key(compose_train("seed=1", "data.seed=7")) == key
@@ -179,15 +179,15 @@ def test_jobs_that_share_no_loop_train_alone_saying_why(tiny_mnist, tmp_path):
 
 @pytest.mark.slow
 def test_members_step_their_own_optimizers_and_schedules_and_clip_their_own_gradients(tmp_path):
-    """SGD and Adam members whose schedules' values differ, with two batches accumulated per step
-    and gradient clipping small enough to bind (without it the test losses differ): one
-    population, each member's record, curves, weights, optimizer and schedule states its job's
-    alone, to the bit (a norm over the whole population's gradients, or one schedule for all,
-    would part them)."""
+    """SGD and Adam members, with two batches accumulated per step and a schedule, some clipping
+    their gradients (by a norm small enough to bind) and some not: one population, each member's
+    record, curves, weights, optimizer and schedule states its job's alone, to the bit (a norm
+    over the whole population's gradients would part them). The schedule's values differing
+    between members: test_each_member_leaves_the_folder_its_job_alone_leaves."""
     grid = ("+experiment=nand", "data.steps_per_epoch=50", "trainer.max_steps=100",
-            "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.05",
+            "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.05,null",
             "optimizer=sgd,adam", "optimizer.lr=2.0", "scheduler=step",
-            "scheduler.schedule.step_size=1", "scheduler.schedule.gamma=0.5,0.9")  # fmt: skip
+            "scheduler.schedule.step_size=1", "scheduler.schedule.gamma=0.5")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for launcher in ("population", "basic"):
         cmd = [*PYTHON, "-m", "src.train", "-m", *grid, f"hydra/launcher={launcher}",
@@ -215,8 +215,7 @@ def test_members_step_their_own_optimizers_and_schedules_and_clip_their_own_grad
             for key, value in state.items():
                 assert torch.equal(mine_opt["state"][index][key], value), (name, index, key)
         assert ckpts[0]["lr_schedulers"] == ckpts[1]["lr_schedulers"], name
-        assert f"gamma={ckpts[0]['lr_schedulers'][0]['gamma']}" in name
-    assert len(losses) == 4
+    assert len(losses) == 4  # each clipped member's its own, not its unclipped twin's
 
 
 STOPPED_GRID = ("+experiment=nand", "optimizer.lr=0.5,1.0", "data.steps_per_epoch=100",
