@@ -204,8 +204,9 @@ def own(member: Member, metrics: dict) -> dict:
 
 class MemberTrainer:
     """The population's Trainer as a member's callbacks, loggers and module see it: the member's
-    module, metrics, loggers, callbacks, optimizer and checkpoints; everything else (the step, the
-    epoch, the loops, the strategy, the flags) the population's, which are the member's too."""
+    module, metrics, loggers, callbacks, optimizer, schedule, gradient clipping and checkpoints;
+    everything else (the step, the epoch, the loops, the strategy, the other flags) the
+    population's, which are the member's too."""
 
     def __init__(self, trainer: L.Trainer, member: Member):
         self.population_trainer = trainer
