@@ -66,7 +66,7 @@ class PopulationModule(L.LightningModule):
             # What Lightning hands the member's on_train_batch_end as `outputs`, alone: its loss
             # over the number of batches accumulated (ClosureResult's).
             accumulated = self.trainer.accumulate_grad_batches
-            m.outputs = {"loss": (loss / accumulated).detach().clone()} if loss is not None else {}
+            m.outputs = {"loss": loss.detach() / accumulated} if loss is not None else {}
             if loss is not None:
                 losses.append(loss)
         if not any(m.active for m in self.population):
