@@ -114,12 +114,10 @@ def loop_key(cfg: DictConfig) -> str:
     for key in ("gradient_clip_val", "gradient_clip_algorithm"):  # each member clips its own
         (plain.get("trainer") or {}).pop(key, None)
     if plain.get("scheduler"):  # each member steps its own schedule over its own optimizer
-        plain["scheduler"]["schedule"] = class_only(plain["scheduler"].get("schedule"))
+        schedule = plain["scheduler"].get("schedule") or {}
+        plain["scheduler"]["schedule"] = {k: v for k, v in schedule.items()
+                                          if k in ("_target_", "_partial_")}  # fmt: skip
     return json.dumps(plain, sort_keys=True, default=str)
-
-
-def class_only(node: dict | None) -> dict:
-    return {k: v for k, v in (node or {}).items() if k in ("_target_", "_partial_")}
 
 
 def settled(node):

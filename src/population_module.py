@@ -140,7 +140,9 @@ class MemberSteps(torch.optim.Optimizer):
 
 
 class MemberSchedules:
-    """The schedule Lightning steps: each active member's own schedule over its own optimizer."""
+    """The schedule Lightning steps: each active member's own schedule over its own optimizer.
+    (Its state_dict and load_state_dict are Lightning's schedule API; a member's checkpoint holds
+    its own schedule's.)"""
 
     def __init__(self, optimizer: MemberSteps, members: list[Member]):
         self.optimizer = optimizer  # Lightning's check: a schedule of the optimizer it steps
