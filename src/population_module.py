@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -49,7 +50,9 @@ class PopulationModule(L.LightningModule):
         self.log(f"{member.index}{SEPARATOR}{name}", value, *args, **kwargs)
 
     def each(self, hook: str, *args, mine=None) -> list[tuple[Member, Any]]:
-        return call_each(self.population, "module", hook, *args, mine=mine)
+        return call_each(
+            self.population, lambda m: getattr(m.module, hook)(*(mine(m) if mine else args))
+        )
 
     # --- Lightning's hooks, passed to each member -------------------------------------------
 
@@ -107,8 +110,9 @@ class PopulationModule(L.LightningModule):
         (which may differ from member to member), over its own optimizer's parameters, as its run
         alone clips them (not by the norm of the whole population's)."""
         clipping = [m for m in self.population if m.clipping[0]]  # None or 0: no clipping
-        call_each(clipping, "module", "configure_gradient_clipping",
-                  mine=lambda m: (m.optimizer, *m.clipping))  # fmt: skip
+        call_each(
+            clipping, lambda m: m.module.configure_gradient_clipping(m.optimizer, *m.clipping)
+        )
 
     def load_last_checkpoints(self) -> None:
         """Each active member's weights from its last checkpoint (the same weights when the fit
@@ -135,7 +139,7 @@ class MemberSteps(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        call_each(self.members, "optimizer", "step")  # not one that stopped in this step
+        call_each(self.members, lambda m: m.optimizer.step())  # not one that stopped in this step
         return loss
 
 
@@ -149,7 +153,7 @@ class MemberSchedules:
         self.members = members
 
     def step(self) -> None:
-        call_each(self.members, "schedule", "step")
+        call_each(self.members, lambda m: m.schedule.step())
 
     def state_dict(self) -> list[dict]:
         return [m.schedule.state_dict() for m in self.members]
@@ -159,15 +163,15 @@ class MemberSchedules:
             m.schedule.load_state_dict(state)
 
 
-def call_each(members: list[Member], part: str, hook: str, *args, mine=None) -> list:
-    """Call `hook` of the `part` (its module, optimizer or schedule) of every active member, in
-    the member's own context, with `args` (or those `mine` makes for the member); a member whose
-    code raises (it diverged, say) stops. Each member that returned, with what it returned."""
+def call_each(members: list[Member], call: Callable[[Member], Any]) -> list[tuple[Member, Any]]:
+    """Run `call(member)`, code of the member's own (its module's, callbacks', optimizer's or
+    schedule's), for every active member, in the member's own context; a member whose code raises
+    (it diverged, say) stops. Each member that returned, with what it returned."""
     results = []
-    for m in [m for m in members if m.active]:
+    for m in [m for m in members if m.active]:  # a member's run alone ended where it raised
         with m.running():
             try:
-                results.append((m, getattr(getattr(m, part), hook)(*(mine(m) if mine else args))))
+                results.append((m, call(m)))
             except Exception as err:
                 stop(m, err)
     return results
@@ -356,13 +360,13 @@ class ForMembers(L.Callback):
     state_key = "ForMembers"  # no state of its own: each member's is in that member's checkpoints
 
     def __init__(self, members: list[Member], callbacks: dict[int, list]):
-        self.hooks = {}  # hook name -> [(member, its callbacks' bound hooks of that name), ...]
+        self.hooks = {}  # hook name -> {member: its callbacks' bound hooks of that name}
         for name in HOOKS:
             for member in members:
                 bound = [getattr(c, name) for c in callbacks[member.index]
                          if getattr(type(c), name) is not getattr(L.Callback, name)]  # fmt: skip
                 if bound:
-                    self.hooks.setdefault(name, []).append((member, bound))
+                    self.hooks.setdefault(name, {})[member] = bound
 
     def __getattribute__(self, name: str):
         hooks = object.__getattribute__(self, "hooks") if name != "hooks" else None
@@ -396,16 +400,13 @@ OWN_ARGS = {
 }  # fmt: skip
 
 
-def call_for_members(hooks: list, own_args, trainer, pl_module=None, *args, **kwargs) -> None:
-    for member, bound in hooks:
-        if member.active:  # a member's run alone ended where it raised
-            mine = own_args(member, *args) if own_args else args
-            with member.running():
-                try:
-                    for hook in bound:
-                        hook(member.view, member.module, *mine, **kwargs)
-                except Exception as err:
-                    stop(member, err)
+def call_for_members(hooks: dict, own_args, trainer, pl_module=None, *args, **kwargs) -> None:
+    def call(member: Member) -> None:
+        mine = own_args(member, *args) if own_args else args
+        for hook in hooks[member]:
+            hook(member.view, member.module, *mine, **kwargs)
+
+    call_each(list(hooks), call)
 
 
 class MemberLogger(Logger):
